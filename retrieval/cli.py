@@ -1,0 +1,64 @@
+"""Pieces shared by the three command-line entry points: flag parsing and clean error exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from retrieval.errors import InputError
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def str2bool(text: str) -> bool:
+    """Parse ``--flag=true|false`` (SPEC 8)."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> None:
+    """A boolean flag accepting ``--name`` and ``--name=true|false``; default None (unset)."""
+    parser.add_argument(
+        f"--{name}", type=str2bool, nargs="?", const=True, default=None, help=help_text
+    )
+
+
+def add_workdir_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
+    """``--workdir`` (and ``--checkpoint``) as every CLI takes them (SPEC 0, issue 4 item 7)."""
+    parser.add_argument(
+        "--workdir",
+        default=".",
+        help="folder holding splits/, class_to_idx.json, checkpoints/, results/, gallery/",
+    )
+    if checkpoint:
+        parser.add_argument(
+            "--checkpoint",
+            default=None,
+            help="model checkpoint (default: <workdir>/checkpoints/best_model.pt)",
+        )
+
+
+def default_checkpoint(workdir: str | Path, checkpoint: str | None) -> Path:
+    """The checkpoint a CLI uses: the flag's, or the run's best model."""
+    if checkpoint:
+        return Path(checkpoint)
+    return Path(workdir) / "checkpoints" / "best_model.pt"
+
+
+def run_cli(prog: str, body: Callable[[], int]) -> int:
+    """Run a CLI body; user errors become one line on stderr and exit code 2."""
+    try:
+        return body()
+    except (InputError, FileNotFoundError, PermissionError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

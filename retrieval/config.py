@@ -1,0 +1,182 @@
+"""Frozen, validated run configuration: the single description of a training run.
+
+The CLI fills these from flags (built-in defaults < ``--preset`` < ``--config FILE`` < explicit
+flags); the resolved config is stored in every checkpoint so a checkpoint loads with no flags.
+Library functions never take these objects: one ``build_*`` function maps them to keyword
+arguments (STYLE rule 3).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from retrieval.errors import InputError
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "plateau")
+PRESETS = ("demo",)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InputError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how they become tensors (SPEC 1)."""
+
+    data: str = "data"  # a folder data/{class}/{ID}_{seq}.ext or a CSV manifest
+    image_root: str | None = None  # folder the manifest's file names are relative to
+    image_size: int = 480
+    min_size: int = 224  # a group with any image smaller than this is dropped whole
+    hflip: bool = True  # left/right flanks of a spotted animal differ: --no_hflip turns flips off
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _require(self.image_size >= 32, f"--image_size must be >= 32, got {self.image_size}")
+        _require(self.min_size >= 1, f"--min_size must be >= 1, got {self.min_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and embedding (SPEC 2)."""
+
+    backbone: str = "tf_efficientnetv2_l"
+    pretrained: str = "timm"  # timm | pypi | none | PATH
+    embedding_dim: int = 512
+    bn_train: bool = False  # update backbone BatchNorm statistics (hurts on small P x K batches)
+
+    def __post_init__(self) -> None:
+        _require(self.embedding_dim >= 2, f"embedding_dim must be >= 2, got {self.embedding_dim}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """ArcFace and its margin schedule (SPEC 2.3-2.4): phase 1 m=0, phase 2 the target margin."""
+
+    margin_rad: float = 0.5
+    scale: float = 64.0
+    warmup_epochs: int = 5  # phase 1: backbone frozen, margin 0
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.margin_rad < 1.6, f"--margin is in radians (0..1.6), got {self.margin_rad}")
+        _require(self.scale > 0, f"--scale must be > 0, got {self.scale}")
+        _require(self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, batching and the hardware overrides (SPEC 3)."""
+
+    epochs: int = 35  # total, warm-up included: 5 + 30 ends on a cosine restart boundary
+    batch_p: int = 16  # classes per batch
+    batch_k: int = 4  # images per class
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    patience: int = 10  # early stopping on val Recall@1, counted in phase 2 only
+    use_bf16: bool | None = None  # None: decided from the GPU
+    num_workers: int | None = None
+    accum_steps: int | None = None
+    compile: bool = False
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        _require(self.batch_p >= 2, f"--batch_p must be >= 2, got {self.batch_p}")
+        _require(self.batch_k >= 1, f"--batch_k must be >= 1, got {self.batch_k}")
+        _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _require(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}")
+        _require(self.scheduler in SCHEDULERS, f"--scheduler must be one of {SCHEDULERS}")
+        _require(self.patience >= 1, f"--patience must be >= 1, got {self.patience}")
+        _require(self.eval_batch_size >= 1, "--eval_batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; stored in its checkpoints."""
+
+    workdir: str = "."
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        """Rebuild from ``to_dict`` output (a checkpoint's stored config)."""
+        sections = {f.name: f.type for f in fields(cls)}
+        kwargs: dict[str, Any] = {"workdir": raw.get("workdir", ".")}
+        for name, section_cls in SECTIONS.items():
+            assert name in sections
+            kwargs[name] = section_cls(**raw.get(name, {}))
+        return cls(**kwargs)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+}
+
+
+def flat_keys() -> dict[str, str]:
+    """Map every flat key (a CLI flag name or a config-file key) to its section."""
+    keys = {}
+    for section, section_cls in SECTIONS.items():
+        for f in fields(section_cls):
+            keys[f.name] = section
+    return keys
+
+
+def build_run_config(values: dict[str, Any], *, workdir: str = ".") -> RunConfig:
+    """Build a ``RunConfig`` from flat keys (CLI flags, config file, preset); unknown keys fail."""
+    owners = flat_keys()
+    unknown = sorted(set(values) - set(owners))
+    _require(not unknown, f"unknown config keys {unknown}; allowed: {sorted(owners)}")
+    grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        grouped[owners[key]][key] = value
+    sections = {name: cls(**grouped[name]) for name, cls in SECTIONS.items()}
+    return RunConfig(workdir=workdir, **sections)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Flat keys from a YAML or JSON file (``--config``): it changes defaults, flags still win."""
+    if not path.is_file():
+        raise InputError(f"config file {path} not found")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except Exception as err:  # yaml and json raise their own error types
+        raise InputError(f"config file {path} cannot be parsed: {err}") from err
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InputError(f"config file {path} must hold a mapping of key: value")
+    return _flatten(raw)
+
+
+def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
+    """Accept both flat keys and the nested layout that ``RunConfig.to_dict`` writes."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(value)
+        elif key != "workdir":
+            flat[key] = value
+    return flat

@@ -1,0 +1,1 @@
+"""Data layer: finding images, checking them, splitting them, and turning them into tensors."""
