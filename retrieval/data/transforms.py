@@ -1,0 +1,57 @@
+"""The train and eval image transforms of SPEC 1.7, built in one place.
+
+Training, evaluation and search must agree on resizing and normalisation, or embeddings of the
+same image drift between them; every caller gets its transform from here.
+"""
+
+from __future__ import annotations
+
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from retrieval.data.images import NEUTRAL_BACKGROUND
+from retrieval.errors import InputError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _check_size(image_size: int) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise InputError(f"--image_size must be a positive integer, got {image_size!r}")
+    return image_size
+
+
+def build_train_transform(image_size: int = 480, *, hflip: bool = True) -> T.Compose:
+    """PIL RGB image -> (3, image_size, image_size) float32 tensor, randomly augmented.
+
+    No vertical flip; ``hflip=False`` for animals whose left and right flanks differ. Rotation
+    corners are filled with ``NEUTRAL_BACKGROUND``, which normalises to about zero.
+    """
+    size = _check_size(image_size)
+    steps = [T.RandomResizedCrop(size, scale=(0.8, 1.0), interpolation=InterpolationMode.BICUBIC)]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip(0.5))
+    steps += [
+        T.RandomRotation(15, interpolation=InterpolationMode.BILINEAR, fill=NEUTRAL_BACKGROUND),
+        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.05),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
+    return T.Compose(steps)
+
+
+def build_eval_transform(image_size: int = 480) -> T.Compose:
+    """PIL RGB image -> (3, image_size, image_size) float32 tensor, deterministic.
+
+    The shorter side is resized to ``image_size`` (aspect kept), then centre-cropped.
+    """
+    size = _check_size(image_size)
+    return T.Compose(
+        [
+            T.Resize(size, interpolation=InterpolationMode.BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
