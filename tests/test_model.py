@@ -1,0 +1,119 @@
+"""EmbeddingModel: output contract, frozen BatchNorm statistics, phase-1 freezing."""
+
+import pytest
+import torch
+from torch import nn
+
+from retrieval.errors import InputError
+from retrieval.model.embedder import EmbeddingModel, build_embedding_model
+
+# Tiny random-init timm models; mobilenetv3 has head_hidden_size != num_features.
+BACKBONES = ["test_efficientnet", "test_resnet", "mobilenetv3_small_050"]
+
+
+def _images(batch: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _bn_layers(model: EmbeddingModel) -> list[nn.Module]:
+    return [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def _bn_stats(model: EmbeddingModel) -> list[torch.Tensor]:
+    return [t.clone() for m in _bn_layers(model) for t in (m.running_mean, m.running_var)]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_output_is_unit_float32(backbone):
+    model = build_embedding_model(backbone, pretrained="none").eval()
+    with torch.no_grad():
+        out = model(_images())
+    assert out.shape == (4, 512)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
+    assert model.backbone_name == backbone
+    assert model.embedding_dim == 512
+    assert "random init" in model.weights_description
+
+
+def test_embedding_dim_is_configurable_and_checked():
+    model = build_embedding_model("test_efficientnet", embedding_dim=64, pretrained="none")
+    assert model.eval()(_images(2)).shape == (2, 64)
+    with pytest.raises(InputError, match="embedding_dim"):
+        build_embedding_model("test_efficientnet", embedding_dim=0, pretrained="none")
+
+
+def test_bf16_autocast_still_returns_float32_unit_vectors():
+    model = build_embedding_model("test_efficientnet", pretrained="none").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(_images(2))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+@pytest.mark.parametrize("backbone", BACKBONES[:2])
+def test_batchnorm_stays_frozen_in_train_mode(backbone):
+    model = build_embedding_model(backbone, pretrained="none")
+    model.train()
+    assert model.training and model.neck.training
+    assert _bn_layers(model)
+    assert not any(m.training for m in _bn_layers(model))
+    before = _bn_stats(model)
+    model(_images()).sum().backward()
+    for old, new in zip(before, _bn_stats(model), strict=True):
+        torch.testing.assert_close(old, new, rtol=0, atol=0)
+    # the affine BN weights still learn
+    assert any(m.weight.grad is not None for m in _bn_layers(model))
+
+
+def test_bn_train_updates_running_statistics():
+    model = build_embedding_model("test_efficientnet", pretrained="none", bn_train=True)
+    model.train()
+    assert all(m.training for m in _bn_layers(model))
+    before = _bn_stats(model)
+    model(_images())
+    changed = [not torch.equal(a, b) for a, b in zip(before, _bn_stats(model), strict=True)]
+    assert any(changed)
+
+
+def test_frozen_backbone_is_in_eval_mode_and_gets_no_gradient():
+    model = build_embedding_model("test_efficientnet", pretrained="none", bn_train=True)
+    model.set_backbone_trainable(False)
+    model.train()
+    assert not model.backbone_trainable
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.neck.parameters())
+    assert not any(m.training for m in model.backbone.modules())  # bn_train yields to freezing
+    assert model.neck.training
+    model(_images()).sum().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.neck.weight.grad is not None
+
+    model.set_backbone_trainable(True)
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    assert all(m.training for m in _bn_layers(model))  # bn_train=True: BN trains again
+
+
+def test_eval_mode_is_plain_eval():
+    model = build_embedding_model("test_resnet", pretrained="none")
+    model.eval()
+    assert not any(m.training for m in model.modules())
+
+
+def test_unknown_backbone_names_the_lookup():
+    with pytest.raises(InputError, match=r"no_such_net.*timm.list_models"):
+        build_embedding_model("no_such_net", pretrained="none")
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(InputError, match="pooling"):
+        build_embedding_model("test_resnet", pretrained="none", pooling="gem")
+
+
+def test_state_dict_round_trip_rebuilds_the_same_model():
+    a = build_embedding_model("test_efficientnet", pretrained="none").eval()
+    b = build_embedding_model("test_efficientnet", pretrained="none").eval()
+    b.load_state_dict(a.state_dict())
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
