@@ -63,7 +63,9 @@ class LossConfig:
     warmup_epochs: int = 5  # phase 1: backbone frozen, margin 0
 
     def __post_init__(self) -> None:
-        _require(0.0 <= self.margin_rad < 1.6, f"--margin is in radians (0..1.6), got {self.margin_rad}")
+        _require(
+            0.0 <= self.margin_rad < 1.6, f"--margin is in radians (0..1.6), got {self.margin_rad}"
+        )
         _require(self.scale > 0, f"--scale must be > 0, got {self.scale}")
         _require(self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}")
 

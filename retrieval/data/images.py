@@ -194,7 +194,9 @@ def _stat_key(path: Path) -> tuple[int, int] | None:
 
 def _decode_all(paths: list[Path], *, num_workers: int, progress: bool) -> Iterator[tuple]:
     """Yield ``(path, size-or-reason)`` for every path, decoding in a thread pool."""
-    bar = tqdm(total=len(paths), desc="checking images", unit="img", disable=not progress)
+    bar = tqdm(
+        total=len(paths), desc="checking images", unit="img", disable=not progress or not paths
+    )
     with bar:
         if num_workers == 1:
             for p in paths:

@@ -1,0 +1,73 @@
+"""Turning images into embeddings: batched, no grad, autocast on GPU, optional flip TTA.
+
+Shared by validation during training, the gallery build, evaluation and search, so every
+stage embeds an image the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from retrieval.data.dataset import ImageDataset
+from retrieval.data.records import ImageRecord
+from retrieval.device import RuntimePlan, autocast
+
+TTA_MODES = ("none", "flip")
+
+
+@torch.inference_mode()
+def embed_batch(
+    model: torch.nn.Module, images: torch.Tensor, *, plan: RuntimePlan, tta: str = "none"
+) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, D) float32 unit vectors on CPU.
+
+    Flip TTA averages the embeddings of the image and its mirror, then re-normalises; it is off
+    by default because the left and right flanks of a spotted animal are different patterns.
+    """
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last if plan.channels_last else torch.contiguous_format
+    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    with autocast(plan):
+        out = model(images).float()
+        if tta == "flip":
+            out = F.normalize(out + model(torch.flip(images, dims=[3])).float(), dim=1)
+    return out.cpu()
+
+
+def extract_embeddings(
+    model: torch.nn.Module,
+    records: Sequence[ImageRecord],
+    *,
+    transform: Callable,
+    plan: RuntimePlan,
+    batch_size: int = 64,
+    tta: str = "none",
+    progress: bool = True,
+    desc: str = "embedding",
+) -> np.ndarray:
+    """Embed ``records`` in order: (N, D) float32, L2-normalised."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        ImageDataset(records, None, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=plan.num_workers,
+        pin_memory=plan.pin_memory,
+        persistent_workers=False,
+    )
+    chunks = []
+    for images, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        chunks.append(embed_batch(model, images, plan=plan, tta=tta).numpy())
+    model.train(was_training)
+    if not chunks:
+        return np.zeros((0, getattr(model, "embedding_dim", 0)), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(chunks).astype(np.float32, copy=False))

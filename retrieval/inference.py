@@ -1,0 +1,60 @@
+"""Loading a trained embedding model for evaluation and search (no ArcFace head, no optimiser).
+
+A checkpoint describes itself (backbone, embedding size, image size, class map), so nothing
+but its path is needed. Weights are fp32 on disk: a model trained under bf16 autocast loads
+and infers in fp32, fp16 or bf16 alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from retrieval import checkpoint as ckpt
+from retrieval.device import RuntimePlan
+from retrieval.model.embedder import EmbeddingModel, build_embedding_model
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: EmbeddingModel  # in eval mode, on the plan's device
+    class_to_idx: dict[str, int]
+    image_size: int
+    backbone: str
+    fingerprint: str  # weights hash + backbone + image size: what a gallery is tied to
+    checkpoint: Path
+    config: dict
+    train_seconds: float = 0.0
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted(self.class_to_idx, key=self.class_to_idx.__getitem__)
+
+
+def model_fingerprint(model_hash: str, backbone: str, image_size: int) -> str:
+    return f"{model_hash}:{backbone}:{image_size}"
+
+
+def load_inference_model(path: Path, plan: RuntimePlan) -> LoadedModel:
+    """Rebuild the embedding model of checkpoint ``path`` on ``plan.device``."""
+    state = ckpt.load_checkpoint(path)
+    model = build_embedding_model(
+        state["backbone"], embedding_dim=state["embedding_dim"], pretrained="none"
+    )
+    model.load_state_dict(state["model"])
+    model.eval().to(torch.device(plan.device))
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model_hash = state.get("model_hash") or ckpt.weights_hash(state["model"])
+    return LoadedModel(
+        model=model,
+        class_to_idx=dict(state["class_to_idx"]),
+        image_size=int(state["image_size"]),
+        backbone=state["backbone"],
+        fingerprint=model_fingerprint(model_hash, state["backbone"], int(state["image_size"])),
+        checkpoint=path,
+        config=state["config"],
+        train_seconds=float(state.get("progress", {}).get("train_seconds", 0.0)),
+    )

@@ -1,0 +1,114 @@
+"""Entry point of a training run: data, hardware plan, session, resume, fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from retrieval import checkpoint as ckpt
+from retrieval.config import RunConfig
+from retrieval.data.prepare import PreparedData, format_prepare_summary, prepare_data
+from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
+from retrieval.io import write_json_atomic
+from retrieval.training.distributed import DistContext, barrier, init_distributed, shutdown
+from retrieval.training.trainer import TrainingSession, TrainResult
+
+
+def prepare(cfg: RunConfig, *, num_workers: int = 1, progress: bool = True) -> PreparedData:
+    """Scan, check and split the data of ``cfg`` (splits are written once and reused)."""
+    d = cfg.data
+    return prepare_data(
+        Path(d.data),
+        Path(cfg.workdir),
+        image_root=Path(d.image_root) if d.image_root else None,
+        min_size=d.min_size,
+        seed=d.seed,
+        num_workers=num_workers,
+        progress=progress,
+    )
+
+
+def make_plan(cfg: RunConfig) -> RuntimePlan:
+    t = cfg.train
+    plan = plan_runtime(
+        probe_device(),
+        use_bf16=t.use_bf16,
+        num_workers=t.num_workers,
+        accum_steps=t.accum_steps,
+    )
+    apply_runtime(plan)
+    return plan
+
+
+def _prepare_in_order(cfg: RunConfig, ctx: DistContext, plan: RuntimePlan) -> PreparedData:
+    """Rank 0 writes splits and the class map; the other ranks then read them."""
+    workers = max(1, plan.num_workers)
+    prepared = None
+    if ctx.is_main:
+        prepared = prepare(cfg, num_workers=workers)
+        print(format_prepare_summary(prepared), flush=True)
+    barrier(ctx)
+    if prepared is None:
+        prepared = prepare(cfg, num_workers=workers, progress=False)
+    return prepared
+
+
+def run_training(
+    cfg: RunConfig, *, fresh: bool = False, max_batches: int | None = None
+) -> TrainResult:
+    """Train as ``cfg`` says; resumes from ``latest_model.pt`` unless ``fresh``."""
+    plan = make_plan(cfg)
+    ctx = init_distributed(plan.device)
+    try:
+        prepared = _prepare_in_order(cfg, ctx, plan)
+        if ctx.is_main:
+            print(plan.describe(), flush=True)
+            print(_batch_line(cfg, plan, ctx), flush=True)
+        session = TrainingSession(cfg, prepared, plan, ctx)
+        latest = session.dir / ckpt.LATEST
+        if latest.exists() and not fresh:
+            session.resume(latest)
+            if ctx.is_main:
+                print(f"resuming from {latest} at epoch {session.progress.next_epoch + 1}")
+        if ctx.is_main:
+            session.dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(session.dir / "config.json", cfg.to_dict())
+            if fresh:
+                (session.dir / "train_log.csv").unlink(missing_ok=True)
+        result = session.fit(max_batches=max_batches)
+        if ctx.is_main and not result.interrupted:
+            _build_gallery(cfg, session.dir / ckpt.BEST)
+        return result
+    finally:
+        shutdown(ctx)
+
+
+def _build_gallery(cfg: RunConfig, best: Path) -> None:
+    """Index the train split with the best model now, so the first search is instant."""
+    from retrieval.workspace import open_workspace
+
+    ws = open_workspace(Path(cfg.workdir), best, batch_size=cfg.train.eval_batch_size, rebuild=True)
+    print(f"gallery: {ws.gallery.size} images indexed in {Path(cfg.workdir) / 'gallery'}")
+
+
+def _batch_line(cfg: RunConfig, plan: RuntimePlan, ctx: DistContext) -> str:
+    t = cfg.train
+    per_step = t.batch_p * t.batch_k
+    effective = per_step * plan.accum_steps * ctx.world_size
+    return (
+        f"batch: P={t.batch_p} x K={t.batch_k} = {per_step} images, accumulation "
+        f"{plan.accum_steps}, {ctx.world_size} process(es): effective batch {effective}"
+    )
+
+
+def summary_json(result: TrainResult) -> str:
+    return json.dumps(
+        {
+            "best_val_recall_at_1": result.best_recall_at_1,
+            "best_epoch": result.best_epoch,
+            "epochs_done": result.epochs_done,
+            "stopped_early": result.stopped_early,
+            "interrupted": result.interrupted,
+            "checkpoints": str(result.checkpoint_dir),
+        }
+    )

@@ -1,0 +1,81 @@
+"""The margin schedule and the optimiser/LR-scheduler builders (SPEC 2.4, 3.3).
+
+Phase 1 (warm-up): backbone frozen, ArcFace margin 0 (plain softmax on scaled cosines), so the
+randomly initialised head and neck settle before any gradient reaches pretrained features.
+Phase 2: everything trainable, the target margin. One head serves both phases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Phase:
+    number: int  # 1 = warm-up, 2 = fine-tuning
+    margin_rad: float
+    backbone_trainable: bool
+
+
+def phase_for_epoch(epoch: int, *, warmup_epochs: int, margin_rad: float) -> Phase:
+    """Phase of a 0-based epoch."""
+    if epoch < warmup_epochs:
+        return Phase(number=1, margin_rad=0.0, backbone_trainable=False)
+    return Phase(number=2, margin_rad=margin_rad, backbone_trainable=True)
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], *, name: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """AdamW (default) or SGD with Nesterov momentum.
+
+    Frozen parameters get no gradient and optimisers skip parameters whose grad is None, so
+    one optimiser holds every parameter across both phases and its state resumes cleanly.
+    """
+    params = list(params)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+class LRSchedule:
+    """Cosine warm restarts (T_0=10, T_mult=2) or ReduceLROnPlateau, over phase 2 only.
+
+    The warm-up phase runs at the base learning rate; phase-2 time is counted from its first
+    epoch so that the first cosine cycle starts at the full rate.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, name: str, warmup_epochs: int):
+        self.name = name
+        self.warmup_epochs = warmup_epochs
+        if name == "plateau":
+            self.scheduler: torch.optim.lr_scheduler.LRScheduler | object = (
+                torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    optimizer, mode="max", factor=0.5, patience=5
+                )
+            )
+        else:
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                optimizer, T_0=10, T_mult=2
+            )
+
+    def step_batch(self, epoch: int, fraction: float) -> None:
+        """Per-iteration update (cosine only); ``fraction`` of the epoch done, in [0, 1)."""
+        if self.name == "cosine" and epoch >= self.warmup_epochs:
+            self.scheduler.step(epoch - self.warmup_epochs + fraction)
+
+    def step_epoch(self, epoch: int, val_recall_at_1: float | None) -> None:
+        """End-of-epoch update (plateau only, on validation Recall@1)."""
+        if self.name == "plateau" and epoch >= self.warmup_epochs and val_recall_at_1 is not None:
+            self.scheduler.step(val_recall_at_1)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)

@@ -1,0 +1,310 @@
+"""A training run from prepared data to checkpoints: resumable, Ctrl-C safe, DDP-aware.
+
+``run_training`` is what ``train.py`` calls. The session object keeps the pieces of one run
+together so that each step (build, resume, one epoch, save) stays a short method.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from retrieval import checkpoint as ckpt
+from retrieval.config import RunConfig
+from retrieval.data.dataset import ImageDataset
+from retrieval.data.prepare import PreparedData
+from retrieval.data.sampler import PKSampler
+from retrieval.data.transforms import build_eval_transform, build_train_transform
+from retrieval.device import RuntimePlan, make_grad_scaler
+from retrieval.metrics import RetrievalMetrics
+from retrieval.model.arcface import ArcFaceHead
+from retrieval.model.embedder import build_embedding_model
+from retrieval.training.distributed import DistContext, barrier, broadcast_object, device_for
+from retrieval.training.epoch_log import append_epoch_row
+from retrieval.training.loop import EpochStats, StepSettings, TrainModule, train_one_epoch
+from retrieval.training.schedule import LRSchedule, build_optimizer, phase_for_epoch
+from retrieval.training.validate import validate
+
+
+@dataclass
+class Progress:
+    """Counters that a resume must restore exactly."""
+
+    next_epoch: int = 0
+    best_recall_at_1: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0  # phase-2 epochs since the last improvement
+    train_seconds: float = 0.0  # wall time of finished epochs, validation included
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best_recall_at_1: float | None
+    best_epoch: int  # 1-based; 0 when no epoch finished
+    epochs_done: int
+    stopped_early: bool
+    interrupted: bool
+    checkpoint_dir: Path
+
+
+class TrainingSession:
+    """One run's model, optimiser, data and counters."""
+
+    def __init__(self, cfg: RunConfig, prepared: PreparedData, plan: RuntimePlan, ctx: DistContext):
+        self.cfg, self.prepared, self.plan, self.ctx = cfg, prepared, plan, ctx
+        self.device = device_for(ctx, plan.device)
+        self.dir = Path(cfg.workdir) / "checkpoints"
+        self.accum_steps = plan.accum_steps
+        self.progress = Progress()
+        self.fingerprint = ckpt.data_fingerprint(
+            {r.group for r in prepared.train}, prepared.class_to_idx
+        )
+        self._build_model()
+        self._build_data()
+
+    def _build_model(self) -> None:
+        m, lc, tc = self.cfg.model, self.cfg.loss, self.cfg.train
+        self.model = build_embedding_model(
+            m.backbone, embedding_dim=m.embedding_dim, pretrained=m.pretrained, bn_train=m.bn_train
+        )
+        self.head = ArcFaceHead(
+            m.embedding_dim,
+            len(self.prepared.class_to_idx),
+            scale=lc.scale,
+            margin_rad=lc.margin_rad,
+        )
+        self.module = TrainModule(self.model, self.head).to(self.device)
+        if self.plan.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(
+            self.module.parameters(), name=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay
+        )
+        self.schedule = LRSchedule(
+            self.optimizer, name=tc.scheduler, warmup_epochs=lc.warmup_epochs
+        )
+        self.scaler = make_grad_scaler(self.plan)
+
+    def _build_data(self) -> None:
+        d, t = self.cfg.data, self.cfg.train
+        train_set = ImageDataset(
+            self.prepared.train,
+            self.prepared.class_to_idx,
+            build_train_transform(d.image_size, hflip=d.hflip),
+        )
+        self.sampler = PKSampler(
+            train_set.labels,
+            p=t.batch_p,
+            k=t.batch_k,
+            seed=d.seed,
+            num_replicas=self.ctx.world_size,
+            rank=self.ctx.rank,
+        )
+        workers = self.plan.num_workers
+        self.loader = DataLoader(
+            train_set,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.plan.pin_memory,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        self.eval_transform = build_eval_transform(d.image_size)
+
+    # ----------------------------------------------------------------- checkpoints
+    def state(self, metrics: RetrievalMetrics | None) -> dict[str, Any]:
+        model_state = ckpt.fp32_state_dict(self.model)
+        return {
+            "format": ckpt.FORMAT_VERSION,
+            "model": model_state,
+            "model_hash": ckpt.weights_hash(model_state),
+            "head": ckpt.fp32_state_dict(self.head),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.progress.next_epoch,
+            "progress": asdict(self.progress),
+            "best_metric": self.progress.best_recall_at_1,
+            "val_metrics": _metrics_dict(metrics),
+            "config": self.cfg.to_dict(),
+            "class_to_idx": self.prepared.class_to_idx,
+            "backbone": self.cfg.model.backbone,
+            "embedding_dim": self.cfg.model.embedding_dim,
+            "image_size": self.cfg.data.image_size,
+            "data_fingerprint": self.fingerprint,
+            "versions": ckpt.library_versions(),
+            "rng": ckpt.rng_states(),
+        }
+
+    def resume(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        ckpt.check_resumable(
+            state, backbone=self.cfg.model.backbone, fingerprint=self.fingerprint, path=path
+        )
+        self.model.load_state_dict(state["model"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        ckpt.restore_rng_states(state["rng"])
+
+    def save(self, metrics: RetrievalMetrics | None, *, improved: bool) -> None:
+        if not self.ctx.is_main:
+            return
+        state = self.state(metrics)
+        ckpt.save_atomic(state, self.dir / ckpt.LATEST)
+        if improved:
+            ckpt.save_atomic(state, self.dir / ckpt.BEST)
+        if self.progress.next_epoch % 10 == 0:
+            ckpt.save_atomic(state, self.dir / ckpt.periodic_name(self.progress.next_epoch))
+
+    # ----------------------------------------------------------------- epochs
+    def _step_module(self, backbone_trainable: bool) -> torch.nn.Module:
+        """The module that takes gradient steps: DDP-wrapped (per phase) and maybe compiled."""
+        module: torch.nn.Module = self.module
+        if self.ctx.enabled:
+            # Rebuilt at each phase: DDP registers hooks only for parameters needing grad.
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        if self.cfg.train.compile:
+            module = torch.compile(module)
+        return module
+
+    def run_epoch(self, epoch: int, step_module: torch.nn.Module, max_batches: int | None):
+        self.sampler.set_epoch(epoch)
+        settings = StepSettings(
+            plan=self.plan,
+            accum_steps=self.accum_steps,
+            device=self.device,
+            progress=self.ctx.is_main,
+            max_batches=max_batches,
+        )
+        stats = train_one_epoch(
+            step_module,
+            self.loader,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            schedule=self.schedule,
+            epoch=epoch,
+            settings=settings,
+        )
+        metrics = None
+        if self.ctx.is_main:
+            metrics = validate(
+                self.model,
+                gallery=self.prepared.train,
+                queries=self.prepared.val,
+                class_to_idx=self.prepared.class_to_idx,
+                transform=self.eval_transform,
+                plan=self.plan,
+                batch_size=self.cfg.train.eval_batch_size,
+            )
+        return stats, broadcast_object(self.ctx, metrics)
+
+    def record(
+        self, epoch: int, stats: EpochStats, metrics: RetrievalMetrics | None, seconds: float
+    ):
+        """Update the counters after an epoch; returns whether it is the new best."""
+        phase = phase_for_epoch(
+            epoch, warmup_epochs=self.cfg.loss.warmup_epochs, margin_rad=self.cfg.loss.margin_rad
+        )
+        recall = metrics.recall_at_1 if metrics is not None else None
+        self.schedule.step_epoch(epoch, recall)
+        p = self.progress
+        p.next_epoch = epoch + 1
+        p.train_seconds += seconds
+        # Without a val split the latest model is the best one.
+        improved = recall is None or recall > p.best_recall_at_1
+        if improved:
+            p.best_recall_at_1 = recall if recall is not None else p.best_recall_at_1
+            p.best_epoch, p.bad_epochs = epoch, 0
+        elif phase.number == 2:
+            p.bad_epochs += 1
+        if self.ctx.is_main:
+            append_epoch_row(
+                self.dir / "train_log.csv",
+                {
+                    "epoch": epoch + 1,
+                    "phase": phase.number,
+                    "margin_rad": phase.margin_rad,
+                    "loss": stats.loss,
+                    "val_recall_at_1": recall,
+                    "val_recall_at_5": metrics.recall_at_5 if metrics else None,
+                    "val_map": metrics.map if metrics else None,
+                    "lr": stats.lr,
+                    "images_per_s": stats.images_per_s,
+                    "epoch_time_s": seconds,
+                },
+            )
+            print(_epoch_line(epoch, phase.number, stats, metrics), flush=True)
+        return improved
+
+    def fit(self, max_batches: int | None = None) -> TrainResult:
+        cfg, stopped, interrupted = self.cfg, False, False
+        current_phase, step_module = None, self.module
+        try:
+            for epoch in range(self.progress.next_epoch, cfg.train.epochs):
+                phase = phase_for_epoch(
+                    epoch, warmup_epochs=cfg.loss.warmup_epochs, margin_rad=cfg.loss.margin_rad
+                )
+                if phase != current_phase:
+                    self.model.set_backbone_trainable(phase.backbone_trainable)
+                    self.head.margin_rad = phase.margin_rad
+                    step_module, current_phase = self._step_module(phase.backbone_trainable), phase
+                started = time.perf_counter()
+                stats, metrics = self.run_epoch(epoch, step_module, max_batches)
+                improved = self.record(epoch, stats, metrics, time.perf_counter() - started)
+                self.save(metrics, improved=improved)
+                barrier(self.ctx)
+                if self.progress.bad_epochs >= cfg.train.patience:
+                    stopped = True
+                    break
+        except KeyboardInterrupt:
+            # The interrupted epoch is not counted: latest holds the last finished epoch plus
+            # everything needed to redo the interrupted one.
+            interrupted = True
+            self.save_interrupted()
+        return self.result(stopped, interrupted)
+
+    def save_interrupted(self) -> None:
+        if self.ctx.is_main and self.progress.next_epoch > 0:
+            ckpt.save_atomic(self.state(None), self.dir / ckpt.LATEST)
+
+    def result(self, stopped: bool, interrupted: bool) -> TrainResult:
+        p = self.progress
+        return TrainResult(
+            best_recall_at_1=p.best_recall_at_1 if p.best_recall_at_1 >= 0 else None,
+            best_epoch=p.best_epoch + 1,
+            epochs_done=p.next_epoch,
+            stopped_early=stopped,
+            interrupted=interrupted,
+            checkpoint_dir=self.dir,
+        )
+
+
+def _metrics_dict(metrics: RetrievalMetrics | None) -> dict[str, float] | None:
+    if metrics is None:
+        return None
+    return {
+        "recall_at_1": metrics.recall_at_1,
+        "recall_at_5": metrics.recall_at_5,
+        "map": metrics.map,
+        "identity_balanced_map": metrics.identity_balanced_map,
+    }
+
+
+def _epoch_line(epoch: int, phase: int, stats: EpochStats, metrics: RetrievalMetrics | None) -> str:
+    val = "no val split"
+    if metrics is not None:
+        val = (
+            f"val R@1 {metrics.recall_at_1:.4f} R@5 {metrics.recall_at_5:.4f} mAP {metrics.map:.4f}"
+        )
+    return (
+        f"epoch {epoch + 1} (phase {phase}): loss {stats.loss:.4f}, {val}, "
+        f"lr {stats.lr:.2e}, {stats.images_per_s:.1f} img/s"
+    )

@@ -1,0 +1,43 @@
+"""Validation during training: gallery = train embeddings, queries = the val split (SPEC 4.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from retrieval.data.records import ImageRecord
+from retrieval.device import RuntimePlan
+from retrieval.embed import extract_embeddings
+from retrieval.metrics import RetrievalMetrics, evaluate_retrieval
+
+
+def labels_of(records: Sequence[ImageRecord], class_to_idx: dict[str, int]) -> np.ndarray:
+    """(N,) int64 class indices of ``records``."""
+    return np.array([class_to_idx[r.label] for r in records], dtype=np.int64)
+
+
+def validate(
+    model: torch.nn.Module,
+    *,
+    gallery: Sequence[ImageRecord],
+    queries: Sequence[ImageRecord],
+    class_to_idx: dict[str, int],
+    transform: Callable,
+    plan: RuntimePlan,
+    batch_size: int,
+    progress: bool = True,
+) -> RetrievalMetrics | None:
+    """Recall@1/5 and mAP of ``queries`` against ``gallery``; None when there are no queries."""
+    if not queries or not gallery:
+        return None
+    common = dict(transform=transform, plan=plan, batch_size=batch_size, progress=progress)
+    gallery_embeddings = extract_embeddings(model, gallery, desc="val: gallery", **common)
+    query_embeddings = extract_embeddings(model, queries, desc="val: queries", **common)
+    return evaluate_retrieval(
+        query_embeddings,
+        labels_of(queries, class_to_idx),
+        gallery_embeddings,
+        labels_of(gallery, class_to_idx),
+    )

@@ -1,0 +1,67 @@
+"""Margin schedule and learning-rate schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retrieval.training.epoch_log import COLUMNS, append_epoch_row
+from retrieval.training.schedule import LRSchedule, build_optimizer, phase_for_epoch
+
+
+@pytest.mark.parametrize(
+    ("epoch", "number", "margin", "trainable"),
+    [(0, 1, 0.0, False), (4, 1, 0.0, False), (5, 2, 0.5, True), (30, 2, 0.5, True)],
+)
+def test_phases(epoch, number, margin, trainable):
+    phase = phase_for_epoch(epoch, warmup_epochs=5, margin_rad=0.5)
+    assert (phase.number, phase.margin_rad, phase.backbone_trainable) == (number, margin, trainable)
+
+
+def test_no_warmup_starts_in_phase_two():
+    assert phase_for_epoch(0, warmup_epochs=0, margin_rad=0.3).number == 2
+
+
+def _optimizer():
+    return build_optimizer(
+        [torch.nn.Parameter(torch.zeros(2))], name="adamw", lr=1.0, weight_decay=0
+    )
+
+
+def test_cosine_holds_base_lr_in_warmup_then_restarts_every_10_then_20():
+    opt = _optimizer()
+    schedule = LRSchedule(opt, name="cosine", warmup_epochs=2)
+    schedule.step_batch(1, 0.5)  # warm-up: untouched
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+    schedule.step_batch(2 + 5, 0.0)  # half of the first 10-epoch cycle
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5, abs=1e-6)
+    schedule.step_batch(2 + 10, 0.0)  # restart
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+    schedule.step_batch(2 + 20, 0.0)  # half of the second, 20-epoch cycle
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_plateau_halves_after_patience():
+    opt = _optimizer()
+    schedule = LRSchedule(opt, name="plateau", warmup_epochs=0)
+    for epoch in range(7):
+        schedule.step_epoch(epoch, 0.5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_frozen_parameters_are_not_updated_by_the_shared_optimizer():
+    frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    live = torch.nn.Parameter(torch.ones(2))
+    opt = build_optimizer([frozen, live], name="adamw", lr=0.1, weight_decay=0.1)
+    live.sum().backward()
+    opt.step()
+    assert torch.equal(frozen, torch.ones(2)) and not torch.equal(live.detach(), torch.ones(2))
+
+
+def test_epoch_log_appends_with_one_header(tmp_path):
+    path = tmp_path / "log.csv"
+    row = dict.fromkeys(COLUMNS, 1.0)
+    append_epoch_row(path, row)
+    append_epoch_row(path, {**row, "val_map": None})
+    lines = path.read_text().splitlines()
+    assert lines[0].split(",") == list(COLUMNS) and len(lines) == 3
