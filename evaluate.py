@@ -1,0 +1,74 @@
+"""Evaluate a trained model: ``python evaluate.py --split test`` (SPEC 4).
+
+Gallery = train split (the saved gallery), queries = the chosen split. Prints Recall@1/5, mAP,
+identity-balanced mAP and the voted decision's accuracy/coverage; writes results/ and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from retrieval.cli import add_bool_flag, add_workdir_args, default_checkpoint, run_cli
+from retrieval.device import prepare_environment
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
+    add_workdir_args(p)
+    p.add_argument("--split", choices=["val", "test"], default="test", help="query split")
+    p.add_argument("--tta", choices=["none", "flip"], default="none", help="flip TTA (off)")
+    p.add_argument("--data", help="data folder/manifest if it moved since training")
+    p.add_argument("--image_root", help="image folder of a moved manifest")
+    p.add_argument("--batch_size", type=int, default=64, help="embedding batch size")
+    add_bool_flag(p, "figures", "save figures under results/figures (default true)")
+    p.add_argument("--rebuild_gallery", action="store_true", help="re-embed the gallery")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from retrieval.evaluation import evaluate_split, format_report, write_outputs
+    from retrieval.workspace import open_workspace, prepare_for
+
+    workdir = Path(args.workdir)
+    ws = open_workspace(
+        workdir,
+        default_checkpoint(workdir, args.checkpoint),
+        tta=args.tta,
+        batch_size=args.batch_size,
+        data=args.data,
+        image_root=args.image_root,
+        rebuild=args.rebuild_gallery,
+    )
+    prepared = prepare_for(ws.loaded, workdir, data=args.data, image_root=args.image_root)
+    queries = prepared.val if args.split == "val" else prepared.test
+    report, arrays = evaluate_split(ws, queries, split=args.split)
+    results = workdir / "results"
+    files = write_outputs(ws, report, results)
+    if args.figures is not False:
+        from retrieval.data.images import load_rgb
+        from retrieval.report.figures import save_figures
+
+        files += save_figures(
+            results / "figures",
+            split=args.split,
+            class_names=ws.gallery.class_names,
+            per_class_ap=report.metrics.per_class_ap,
+            confusion_pairs=report.confusions,
+            image_loader=load_rgb,
+            **arrays,
+        )
+    print(format_report(report))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    prepare_environment()
+    args = build_parser().parse_args(argv)
+    return run_cli("evaluate.py", lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The evaluation report (SPEC 4): retrieval metrics, the voted decision, and saved outputs.
+
+Gallery = train-split embeddings (the saved gallery), queries = the val or test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.data.records import ImageRecord
+from retrieval.decision import accuracy_coverage, vote_batch
+from retrieval.io import write_json_atomic
+from retrieval.metrics import RetrievalMetrics, confusion_pairs, evaluate_retrieval
+from retrieval.workspace import VOTE_TOP_N, Workspace
+
+BENCHMARK_COLUMNS = (
+    "timestamp",
+    "version",
+    "split",
+    "backbone",
+    "loss",
+    "embedding_dim",
+    "augmentation",
+    "cv_map",
+    "identity_balanced_map",
+    "recall_at_1",
+    "recall_at_5",
+    "best_identity_ap",
+    "worst_identity_ap",
+    "decision_accuracy",
+    "decision_coverage",
+    "train_time_min",
+    "inference_images_per_s",
+    "notes",
+)
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    split: str
+    metrics: RetrievalMetrics
+    decision_accuracy: float
+    decision_coverage: float
+    confusions: list[tuple[str, str, int]]
+    inference_images_per_s: float
+    files: list[Path]
+
+
+def evaluate_split(
+    ws: Workspace, queries: list[ImageRecord], *, split: str, progress: bool = True
+) -> tuple[EvaluationReport, dict]:
+    """Metrics and decisions of ``queries`` against the gallery; returns the report and the
+    arrays the figures need."""
+    c2i = ws.loaded.class_to_idx
+    known = [r for r in queries if r.label in c2i]
+    if not known:
+        raise ValueError(f"the {split} split has no query whose class is in the gallery")
+    started = time.perf_counter()
+    query_embeddings = ws.embed(known, desc=f"{split}: queries", progress=progress)
+    rate = len(known) / max(time.perf_counter() - started, 1e-9)
+    truth = np.array([c2i[r.label] for r in known], dtype=np.int64)
+    index = ws.gallery.index
+    gallery_labels = ws.gallery.labels_by_id[index.ids()]
+    metrics = evaluate_retrieval(query_embeddings, truth, index.reconstruct_all(), gallery_labels)
+    hits = ws.gallery.search(query_embeddings, VOTE_TOP_N)
+    decisions = vote_batch(
+        hits.labels, hits.result.distances, top_n=VOTE_TOP_N, thresholds=ws.gallery.thresholds
+    )
+    accuracy, coverage = accuracy_coverage(decisions, truth)
+    predicted = np.array([-1 if d.label is None else d.label for d in decisions], dtype=np.int64)
+    report = EvaluationReport(
+        split=split,
+        metrics=metrics,
+        decision_accuracy=accuracy,
+        decision_coverage=coverage,
+        confusions=confusion_pairs(truth, predicted, ws.gallery.class_names, top_n=10),
+        inference_images_per_s=rate,
+        files=[],
+    )
+    arrays = {
+        "query_embeddings": query_embeddings,
+        "query_labels": truth,
+        "query_paths": [str(r.path) for r in known],
+        "top_paths": [row[:5] for row in hits.paths],
+        "top_labels": hits.labels[:, :5],
+    }
+    return report, arrays
+
+
+def write_outputs(ws: Workspace, report: EvaluationReport, results: Path) -> list[Path]:
+    """metrics JSON, per-class CSV, and a row appended to benchmarks.csv."""
+    results.mkdir(parents=True, exist_ok=True)
+    names = ws.gallery.class_names
+    m = report.metrics
+    metrics_path = results / f"{report.split}_metrics.json"
+    write_json_atomic(metrics_path, _metrics_json(ws, report))
+    per_class_path = results / f"{report.split}_per_class.csv"
+    with per_class_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "ap"])
+        for label, ap in sorted(m.per_class_ap.items(), key=lambda item: -item[1]):
+            writer.writerow([names[label], f"{ap:.6f}"])
+    _append_benchmark(results / "benchmarks.csv", _benchmark_row(ws, report))
+    return [metrics_path, per_class_path, results / "benchmarks.csv"]
+
+
+def _metrics_json(ws: Workspace, report: EvaluationReport) -> dict:
+    m = report.metrics
+    return {
+        "split": report.split,
+        "checkpoint": str(ws.loaded.checkpoint),
+        "n_queries": m.n_queries,
+        "n_gallery": ws.gallery.size,
+        "recall_at_1": m.recall_at_1,
+        "recall_at_5": m.recall_at_5,
+        "map": m.map,
+        "identity_balanced_map": m.identity_balanced_map,
+        "decision": {
+            "accuracy_on_accepted": report.decision_accuracy,
+            "coverage": report.decision_coverage,
+            "thresholds": ws.gallery.thresholds.to_dict(),
+            "top_n": VOTE_TOP_N,
+        },
+        "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in report.confusions],
+        "inference_images_per_s": report.inference_images_per_s,
+        "tta": ws.tta,
+    }
+
+
+def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
+    from retrieval import __version__
+
+    cfg = ws.loaded.config
+    m = report.metrics
+    aps = list(m.per_class_ap.values())
+    data, loss = cfg["data"], cfg["loss"]
+    return {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "version": __version__,
+        "split": report.split,
+        "backbone": ws.loaded.backbone,
+        "loss": f"arcface(s={loss['scale']},m={loss['margin_rad']}rad)",
+        "embedding_dim": cfg["model"]["embedding_dim"],
+        "augmentation": f"rrc+rot15+jitter{'+hflip' if data['hflip'] else ''}@{data['image_size']}",
+        "cv_map": f"{m.map:.4f}",
+        "identity_balanced_map": f"{m.identity_balanced_map:.4f}",
+        "recall_at_1": f"{m.recall_at_1:.4f}",
+        "recall_at_5": f"{m.recall_at_5:.4f}",
+        "best_identity_ap": f"{max(aps):.4f}",
+        "worst_identity_ap": f"{min(aps):.4f}",
+        "decision_accuracy": f"{report.decision_accuracy:.4f}",
+        "decision_coverage": f"{report.decision_coverage:.4f}",
+        "train_time_min": f"{ws.loaded.train_seconds / 60:.2f}",
+        "inference_images_per_s": f"{report.inference_images_per_s:.1f}",
+        "notes": f"tta={ws.tta}; checkpoint={ws.loaded.checkpoint.name}",
+    }
+
+
+def _append_benchmark(path: Path, row: dict) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=BENCHMARK_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def format_report(report: EvaluationReport) -> str:
+    m = report.metrics
+    lines = [
+        f"{report.split}: {m.n_queries} queries",
+        f"  Recall@1 {m.recall_at_1:.4f}   Recall@5 {m.recall_at_5:.4f}",
+        f"  mAP {m.map:.4f}   identity-balanced mAP {m.identity_balanced_map:.4f}",
+        f"  voted decision: accuracy {report.decision_accuracy:.4f} on accepted, "
+        f"coverage {report.decision_coverage:.4f}",
+        f"  inference {report.inference_images_per_s:.1f} images/s",
+    ]
+    if report.confusions:
+        lines.append("  most confused (true -> predicted):")
+        lines += [f"    {a} -> {b}: {n}" for a, b, n in report.confusions[:5]]
+    return "\n".join(lines)

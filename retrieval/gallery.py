@@ -1,0 +1,151 @@
+"""The saved gallery: a Faiss index plus, per item, its class and image path (SPEC 5.1).
+
+A gallery is tied to the model that embedded it by a fingerprint (weights hash, backbone,
+image size): searching it with another model's embeddings would return confident nonsense,
+so loading with a different fingerprint is refused.
+
+On disk (``<workdir>/gallery/``) every save writes a new version folder and then switches the
+``current.json`` pointer atomically, so a crash mid-save leaves the previous gallery intact.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.decision import Thresholds
+from retrieval.errors import InputError
+from retrieval.index import FlatIndex, SearchResult
+from retrieval.io import read_json, write_json_atomic
+
+POINTER = "current.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GalleryHits:
+    """Search results with the gallery's own labels attached."""
+
+    result: SearchResult  # scores/distances/indices (Q, k); indices are gallery item IDs
+    labels: np.ndarray  # (Q, k) int64 class index per hit, -1 where there is no hit
+    paths: list[list[str]]  # (Q, k) image paths per hit
+
+
+@dataclass
+class Gallery:
+    """Index + per-item tables; item IDs are the Faiss external IDs and index the tables."""
+
+    index: FlatIndex
+    labels_by_id: np.ndarray  # (max_id + 1,) int64 class index, -1 for removed items
+    paths_by_id: list[str]  # image path per item ID, "" for removed items
+    class_names: list[str]  # class index -> name
+    fingerprint: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    history: list[dict] = field(default_factory=list)  # what built or changed the gallery
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        labels: np.ndarray,
+        paths: list[str],
+        *,
+        class_names: list[str],
+        fingerprint: str,
+        use_gpu: bool | None = None,
+    ) -> Gallery:
+        """embeddings: (N, D) float32 unit rows; labels: (N,) int64 class indices."""
+        if len(paths) != len(embeddings) or len(labels) != len(embeddings):
+            raise ValueError("embeddings, labels and paths must have the same length")
+        index = FlatIndex(embeddings.shape[1], use_gpu=use_gpu)
+        index.add_with_ids(embeddings, np.arange(len(embeddings), dtype=np.int64))
+        return cls(
+            index=index,
+            labels_by_id=np.asarray(labels, dtype=np.int64).copy(),
+            paths_by_id=[str(p) for p in paths],
+            class_names=list(class_names),
+            fingerprint=fingerprint,
+            history=[{"event": "build", "items": len(paths), "time": _now()}],
+        )
+
+    @property
+    def size(self) -> int:
+        return self.index.ntotal
+
+    def search(self, queries: np.ndarray, k: int) -> GalleryHits:
+        """Top-k items per query; queries (Q, D) float32 unit rows."""
+        result = self.index.search(queries, k)
+        safe = np.clip(result.indices, 0, None)
+        labels = np.where(result.indices >= 0, self.labels_by_id[safe], -1)
+        paths = [[self.paths_by_id[i] if i >= 0 else "" for i in row] for row in result.indices]
+        return GalleryHits(result=result, labels=labels, paths=paths)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, root: Path) -> Path:
+        """Write a new version folder, then point ``current.json`` at it; returns the folder."""
+        root = Path(root)
+        version = f"v{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}"
+        folder = root / version
+        folder.mkdir(parents=True)
+        self.index.save(folder / "index.faiss")
+        np.save(folder / "labels_by_id.npy", self.labels_by_id)
+        write_json_atomic(folder / "paths_by_id.json", self.paths_by_id)
+        write_json_atomic(folder / "meta.json", self._meta())
+        write_json_atomic(root / POINTER, {"version": version})
+        _remove_other_versions(root, keep=version)
+        return folder
+
+    def _meta(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "class_names": self.class_names,
+            "thresholds": self.thresholds.to_dict(),
+            "history": self.history,
+            "items": self.size,
+        }
+
+    @classmethod
+    def load(
+        cls, root: Path, *, expected_fingerprint: str | None = None, use_gpu: bool | None = None
+    ) -> Gallery:
+        """Load the current version; refuse one built by another model."""
+        root = Path(root)
+        pointer = root / POINTER
+        if not pointer.is_file():
+            raise InputError(f"no gallery at {root}; it is built by train.py or on first search")
+        folder = root / read_json(pointer, fix=f"delete {root} to rebuild the gallery")["version"]
+        meta = read_json(folder / "meta.json", fix=f"delete {root} to rebuild the gallery")
+        if expected_fingerprint is not None and meta["fingerprint"] != expected_fingerprint:
+            raise InputError(
+                f"the gallery in {root} was built with another checkpoint "
+                f"({meta['fingerprint']}, this one is {expected_fingerprint}); "
+                f"delete {root} to rebuild it, or pass the --checkpoint it was built from"
+            )
+        return cls(
+            index=FlatIndex.load(folder / "index.faiss", use_gpu=use_gpu),
+            labels_by_id=np.load(folder / "labels_by_id.npy"),
+            paths_by_id=read_json(folder / "paths_by_id.json"),
+            class_names=list(meta["class_names"]),
+            fingerprint=meta["fingerprint"],
+            thresholds=Thresholds.from_dict(meta["thresholds"]),
+            history=list(meta["history"]),
+        )
+
+
+def gallery_exists(root: Path) -> bool:
+    return (Path(root) / POINTER).is_file()
+
+
+def _remove_other_versions(root: Path, *, keep: str) -> None:
+    for child in root.iterdir():
+        if child.is_dir() and child.name.startswith("v") and child.name != keep:
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

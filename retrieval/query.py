@@ -1,0 +1,139 @@
+"""Answering "who is this?" for new photos, and scoring Kaggle-style image pairs (SPEC 5).
+
+Each image is reported on its own: a missing or unreadable file gets an error line while the
+rest are still answered.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.data.images import load_rgb
+from retrieval.data.records import ImageRecord
+from retrieval.data.scan import IMAGE_EXTENSIONS
+from retrieval.decision import Decision, vote_batch
+from retrieval.errors import InputError
+from retrieval.pairs import (
+    distinct_images,
+    missing_images,
+    read_pairs,
+    score_pairs,
+    write_submission,
+)
+from retrieval.workspace import VOTE_TOP_N, Workspace
+
+
+@dataclass(frozen=True)
+class Match:
+    path: str
+    class_name: str
+    distance: float  # L2 between unit embeddings, 0..2
+    score: float  # cosine similarity
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    image: str
+    matches: tuple[Match, ...] = ()
+    decision: Decision | None = None
+    class_name: str | None = None  # the voted class; None when rejected or on error
+    error: str | None = None
+
+
+def collect_images(inputs: list[str]) -> tuple[list[Path], list[QueryAnswer]]:
+    """Expand folders (recursively, image files only); missing inputs become error answers."""
+    found: list[Path] = []
+    errors: list[QueryAnswer] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            errors.append(QueryAnswer(image=item, error="file not found"))
+    return found, errors
+
+
+def _readable(paths: list[Path]) -> tuple[list[Path], list[QueryAnswer]]:
+    good, errors = [], []
+    for path in paths:
+        try:
+            load_rgb(path)
+            good.append(path)
+        except InputError as err:
+            errors.append(QueryAnswer(image=str(path), error=str(err)))
+    return good, errors
+
+
+def answer_images(ws: Workspace, inputs: list[str], *, top_k: int = 5) -> list[QueryAnswer]:
+    """Top-k matches and the voted decision for every image in ``inputs``."""
+    if top_k < 1:
+        raise InputError(f"--top_k must be >= 1, got {top_k}")
+    paths, errors = collect_images(inputs)
+    paths, unreadable = _readable(paths)
+    errors += unreadable
+    if not paths:
+        return errors
+    records = [ImageRecord(path=p.resolve(), label="", group=p.stem) for p in paths]
+    embeddings = ws.embed(records, desc="queries", progress=len(paths) > 16)
+    hits = ws.gallery.search(embeddings, max(top_k, VOTE_TOP_N))
+    decisions = vote_batch(
+        hits.labels, hits.result.distances, top_n=VOTE_TOP_N, thresholds=ws.gallery.thresholds
+    )
+    names = ws.gallery.class_names
+    answers = []
+    for row, (path, decision) in enumerate(zip(paths, decisions, strict=True)):
+        matches = tuple(
+            Match(
+                path=hits.paths[row][j],
+                class_name=names[hits.labels[row, j]],
+                distance=float(hits.result.distances[row, j]),
+                score=float(hits.result.scores[row, j]),
+            )
+            for j in range(min(top_k, hits.labels.shape[1]))
+            if hits.labels[row, j] >= 0
+        )
+        voted = names[decision.label] if decision.label is not None else None
+        answers.append(QueryAnswer(str(path), matches, decision, voted))
+    return answers + errors
+
+
+@dataclass(frozen=True)
+class PairsSummary:
+    rows: int
+    images: int
+    embed_seconds: float
+    score_seconds: float
+
+
+def score_pairs_file(ws: Workspace, pairs_csv: Path, images_dir: Path, out: Path) -> PairsSummary:
+    """Kaggle Jaguar Re-ID submission: ``row_id,similarity`` for every input row, in order."""
+    pairs = read_pairs(pairs_csv)
+    names = distinct_images(pairs)
+    missing = missing_images(names, images_dir)
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise InputError(
+            f"{len(missing)} image(s) named in {pairs_csv} are not in {images_dir}: {shown}; "
+            "pass the folder that holds them with --images"
+        )
+    records = [ImageRecord(path=(images_dir / n).resolve(), label="", group=n) for n in names]
+    started = time.perf_counter()
+    embeddings = ws.embed(records, desc="pair images")
+    embedded = time.perf_counter()
+    similarity = score_pairs(pairs, names, embeddings)
+    write_submission(out, pairs["row_id"].tolist(), np.asarray(similarity))
+    return PairsSummary(len(pairs), len(names), embedded - started, time.perf_counter() - embedded)

@@ -1,0 +1,72 @@
+"""Who is this? ``python search.py image.png`` / ``python search.py --pairs test.csv`` (SPEC 5).
+
+Answers each photo with its top-K gallery matches and a voted class, or "unclassifiable"
+(reshoot recommended); the pairs mode writes a Kaggle ``row_id,similarity`` submission.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from retrieval.cli import add_workdir_args, default_checkpoint, run_cli
+from retrieval.device import prepare_environment
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="search.py", description=__doc__.splitlines()[0])
+    p.add_argument("images", nargs="*", help="image files or folders to identify")
+    add_workdir_args(p)
+    p.add_argument("--top_k", type=int, default=5, help="matches to show per image")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--pairs", help="CSV row_id,query_image,gallery_image to score")
+    p.add_argument("--images", dest="images_dir", help="folder of the pairs' images")
+    p.add_argument("--out", default="submission.csv", help="where the pairs scores go")
+    p.add_argument("--tta", choices=["none", "flip"], default="none", help="flip TTA (off)")
+    p.add_argument("--batch_size", type=int, default=64, help="embedding batch size")
+    p.add_argument("--rebuild_gallery", action="store_true", help="re-embed the gallery")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from retrieval.errors import InputError
+    from retrieval.workspace import open_workspace
+
+    if not args.images and not args.pairs:
+        raise InputError("give image files/folders to identify, or --pairs CSV (see --help)")
+    workdir = Path(args.workdir)
+    ws = open_workspace(
+        workdir,
+        default_checkpoint(workdir, args.checkpoint),
+        tta=args.tta,
+        batch_size=args.batch_size,
+        rebuild=args.rebuild_gallery,
+    )
+    if args.pairs:
+        from retrieval.query import score_pairs_file
+
+        pairs = Path(args.pairs)
+        images_dir = Path(args.images_dir) if args.images_dir else pairs.parent / "test"
+        summary = score_pairs_file(ws, pairs, images_dir, Path(args.out))
+        print(
+            f"wrote {args.out}: {summary.rows} pairs over {summary.images} images "
+            f"(embedding {summary.embed_seconds:.1f} s, scoring {summary.score_seconds:.2f} s)"
+        )
+        return 0
+    from retrieval.query import answer_images
+    from retrieval.query_format import render
+
+    answers = answer_images(ws, args.images, top_k=args.top_k)
+    print(render(answers, args.format))
+    return 1 if any(a.error for a in answers) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    prepare_environment()
+    args = build_parser().parse_args(argv)
+    return run_cli("search.py", lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The three CLIs on tiny synthetic data: train -> resume -> evaluate -> search -> pairs.
+
+Real code end to end (timm's tiny ``test_efficientnet`` with random weights, real Faiss), so
+each stage's files are the next stage's inputs, as for a user.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import evaluate
+import search
+import train
+
+TINY = [
+    "--backbone", "test_efficientnet", "--pretrained", "none", "--image_size", "48",
+    "--min_size", "32", "--batch_p", "4", "--batch_k", "2", "--num_workers", "0",
+    "--eval_batch_size", "16", "--lr", "1e-3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A workdir with a 3-epoch run (1 warm-up epoch) on the tiny data set."""
+    from conftest import CLASS_COLOURS, TINY_GROUPS_PER_CLASS, make_image
+
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    for c, (name, colour) in enumerate(sorted(CLASS_COLOURS.items())):
+        for j in range(TINY_GROUPS_PER_CLASS[c]):
+            make_image(data / name / f"{name}-g{j}_1.jpg", seed=10 * c + j, colour=colour)
+    workdir = root / "work"
+    argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "3"]
+    assert train.main([*argv, "--warmup_epochs", "1", "--fresh", *TINY]) == 0
+    return data, workdir
+
+
+def read_log(workdir: Path) -> list[dict]:
+    with (workdir / "checkpoints" / "train_log.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_training_writes_checkpoints_log_splits_and_gallery(trained):
+    _, workdir = trained
+    for name in ("best_model.pt", "latest_model.pt", "config.json"):
+        assert (workdir / "checkpoints" / name).is_file()
+    for name in ("train_ids.json", "val_ids.json", "test_ids.json"):
+        assert (workdir / "splits" / name).is_file()
+    classes = json.loads((workdir / "class_to_idx.json").read_text())
+    assert list(classes) == sorted(classes) and list(classes.values()) == list(range(len(classes)))
+    rows = read_log(workdir)
+    assert [r["phase"] for r in rows] == ["1", "2", "2"]
+    assert [float(r["margin_rad"]) for r in rows] == [0.0, 0.5, 0.5]
+    assert all(0.0 <= float(r["val_recall_at_1"]) <= 1.0 for r in rows)
+    assert (workdir / "gallery" / "current.json").is_file()
+
+
+def test_resume_continues_from_latest(trained):
+    data, workdir = trained
+    argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "4", *TINY]
+    assert train.main(argv) == 0
+    assert [r["epoch"] for r in read_log(workdir)] == ["1", "2", "3", "4"]
+
+
+def test_resume_with_another_backbone_is_refused(trained, capsys):
+    data, workdir = trained
+    argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "5", *TINY]
+    argv[argv.index("test_efficientnet")] = "test_resnet"
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "backbone" in err[0] and "--fresh" in err[0]
+
+
+def test_evaluate_writes_metrics_tables_and_figures(trained, capsys):
+    _, workdir = trained
+    assert evaluate.main(["--split", "test", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert "Recall@1" in out and "identity-balanced mAP" in out
+    metrics = json.loads((workdir / "results" / "test_metrics.json").read_text())
+    for key in ("recall_at_1", "recall_at_5", "map", "identity_balanced_map"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert 0.0 <= metrics["decision"]["coverage"] <= 1.0
+    assert (workdir / "results" / "test_per_class.csv").is_file()
+    with (workdir / "results" / "benchmarks.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert row["backbone"] == "test_efficientnet" and row["embedding_dim"] == "512"
+    assert (workdir / "results" / "figures" / "test_retrieval_grid.png").is_file()
+
+
+def test_search_answers_images_and_reports_missing_ones(trained, capsys):
+    data, workdir = trained
+    image = next((data / "red").glob("*.jpg"))
+    code = search.main([str(image), "missing.jpg", "--workdir", str(workdir), "--format", "json"])
+    assert code == 1  # one input was missing; the other is still answered
+    answers = json.loads(capsys.readouterr().out)
+    by_image = {a["image"]: a for a in answers}
+    found = by_image[str(image)]
+    assert found["status"] in ("accepted", "unclassifiable")
+    assert len(found["matches"]) == 5
+    distances = [m["distance"] for m in found["matches"]]
+    assert distances == sorted(distances)
+    assert by_image["missing.jpg"]["status"] == "error"
+
+
+def test_search_table_over_a_folder(trained, capsys):
+    data, workdir = trained
+    assert search.main([str(data / "blue"), "--workdir", str(workdir), "--top_k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    match_lines = [line for line in lines if re.match(r"^\s+\d+\. ", line)]
+    assert len(match_lines) == 2 * len(list((data / "blue").glob("*.jpg")))
+
+
+def test_pairs_submission_keeps_rows_and_order(trained, tmp_path):
+    data, workdir = trained
+    images = sorted(p.name for p in (data / "green").glob("*.jpg"))
+    folder = data / "green"
+    pairs = tmp_path / "test.csv"
+    rows = [(f"r{i}", a, b) for i, (a, b) in enumerate((a, b) for a in images for b in images)]
+    with pairs.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row_id", "query_image", "gallery_image"])
+        writer.writerows(rows)
+    out = tmp_path / "submission.csv"
+    argv = ["--pairs", str(pairs), "--images", str(folder), "--out", str(out)]
+    assert search.main([*argv, "--workdir", str(workdir)]) == 0
+    with out.open() as handle:
+        got = list(csv.DictReader(handle))
+    assert [r["row_id"] for r in got] == [r[0] for r in rows]
+    self_scores = [float(g["similarity"]) for g, r in zip(got, rows, strict=True) if r[1] == r[2]]
+    assert all(s == pytest.approx(1.0, abs=1e-4) for s in self_scores)
+
+
+def test_pairs_with_missing_images_lists_them(trained, tmp_path, capsys):
+    _, workdir = trained
+    pairs = tmp_path / "test.csv"
+    pairs.write_text("row_id,query_image,gallery_image\n1,a.png,b.png\n")
+    argv = ["--pairs", str(pairs), "--images", str(tmp_path), "--workdir", str(workdir)]
+    assert search.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a.png" in err and "b.png" in err
+
+
+def test_missing_data_folder_is_one_clean_line(tmp_path, capsys):
+    code = train.main(["--data", str(tmp_path / "nope"), "--workdir", str(tmp_path), *TINY])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0]
+
+
+def test_prepare_only_prints_the_split_report(tiny_data, tmp_path, capsys):
+    argv = ["--data", str(tiny_data), "--workdir", str(tmp_path / "w"), "--min_size", "32"]
+    assert train.main([*argv, "--prepare_only"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "val" in out and "test" in out
+    assert (tmp_path / "w" / "splits" / "train_ids.json").is_file()
