@@ -6,7 +6,9 @@ stage embeds an image the same way.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +21,19 @@ from retrieval.data.records import ImageRecord
 from retrieval.device import RuntimePlan, autocast
 
 TTA_MODES = ("none", "flip")
+
+
+@dataclass
+class EmbedTimer:
+    """Steady-state throughput of an extraction: images and seconds after the first batch
+    (data-loader start-up excluded, so the figure describes the model and pipeline)."""
+
+    images: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
 @torch.inference_mode()
@@ -50,6 +65,7 @@ def extract_embeddings(
     tta: str = "none",
     progress: bool = True,
     desc: str = "embedding",
+    timer: EmbedTimer | None = None,
 ) -> np.ndarray:
     """Embed ``records`` in order: (N, D) float32, L2-normalised."""
     if tta not in TTA_MODES:
@@ -65,8 +81,15 @@ def extract_embeddings(
         persistent_workers=False,
     )
     chunks = []
+    started = None
     for images, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         chunks.append(embed_batch(model, images, plan=plan, tta=tta).numpy())
+        if started is None:
+            started = time.perf_counter()
+        elif timer is not None:
+            timer.images += len(images)
+    if timer is not None and started is not None:
+        timer.seconds += time.perf_counter() - started
     model.train(was_training)
     if not chunks:
         return np.zeros((0, getattr(model, "embedding_dim", 0)), dtype=np.float32)

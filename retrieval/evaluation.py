@@ -14,6 +14,7 @@ import numpy as np
 
 from retrieval.data.records import ImageRecord
 from retrieval.decision import accuracy_coverage, vote_batch
+from retrieval.embed import EmbedTimer
 from retrieval.io import write_json_atomic
 from retrieval.metrics import RetrievalMetrics, confusion_pairs, evaluate_retrieval
 from retrieval.workspace import VOTE_TOP_N, Workspace
@@ -60,9 +61,8 @@ def evaluate_split(
     known = [r for r in queries if r.label in c2i]
     if not known:
         raise ValueError(f"the {split} split has no query whose class is in the gallery")
-    started = time.perf_counter()
-    query_embeddings = ws.embed(known, desc=f"{split}: queries", progress=progress)
-    rate = len(known) / max(time.perf_counter() - started, 1e-9)
+    timer = EmbedTimer()
+    query_embeddings = ws.embed(known, desc=f"{split}: queries", progress=progress, timer=timer)
     truth = np.array([c2i[r.label] for r in known], dtype=np.int64)
     index = ws.gallery.index
     gallery_labels = ws.gallery.labels_by_id[index.ids()]
@@ -79,7 +79,7 @@ def evaluate_split(
         decision_accuracy=accuracy,
         decision_coverage=coverage,
         confusions=confusion_pairs(truth, predicted, ws.gallery.class_names, top_n=10),
-        inference_images_per_s=rate,
+        inference_images_per_s=timer.images_per_s,
         files=[],
     )
     arrays = {

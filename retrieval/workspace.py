@@ -35,7 +35,9 @@ class Workspace:
     tta: str
     batch_size: int
 
-    def embed(self, records, *, desc: str = "embedding", progress: bool = True) -> np.ndarray:
+    def embed(
+        self, records, *, desc: str = "embedding", progress: bool = True, timer=None
+    ) -> np.ndarray:
         """Embed records exactly as the gallery was embedded: (N, D) float32 unit rows."""
         return extract_embeddings(
             self.loaded.model,
@@ -46,6 +48,7 @@ class Workspace:
             tta=self.tta,
             progress=progress,
             desc=desc,
+            timer=timer,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable
@@ -83,10 +84,11 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
     seen, steps, images_timed, started = 0, 0, 0, None
+    if settings.max_batches is not None:
+        # islice, not break: no extra batch is pulled, and a shared iterator stays open
+        batches = itertools.islice(batches, settings.max_batches)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}", disable=not settings.progress)
     for i, (images, labels) in enumerate(bar):
-        if settings.max_batches is not None and i >= settings.max_batches:
-            break
         images = images.to(settings.device, non_blocking=True)
         images = images.contiguous(memory_format=memory_format)
         labels = labels.to(settings.device, non_blocking=True)

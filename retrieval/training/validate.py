@@ -32,12 +32,19 @@ def validate(
     """Recall@1/5 and mAP of ``queries`` against ``gallery``; None when there are no queries."""
     if not queries or not gallery:
         return None
-    common = dict(transform=transform, plan=plan, batch_size=batch_size, progress=progress)
-    gallery_embeddings = extract_embeddings(model, gallery, desc="val: gallery", **common)
-    query_embeddings = extract_embeddings(model, queries, desc="val: queries", **common)
+    # One pass over both sets: one data-loader start-up per validation, not two.
+    embeddings = extract_embeddings(
+        model,
+        [*gallery, *queries],
+        transform=transform,
+        plan=plan,
+        batch_size=batch_size,
+        progress=progress,
+        desc="validation",
+    )
     return evaluate_retrieval(
-        query_embeddings,
+        embeddings[len(gallery) :],
         labels_of(queries, class_to_idx),
-        gallery_embeddings,
+        embeddings[: len(gallery)],
         labels_of(gallery, class_to_idx),
     )
