@@ -25,6 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "margin_rad": 0.3,
         "scale": 30.0,
         "eval_batch_size": 64,
+        "hflip": False,  # every demo animal faces right: mirrored coats never occur
     },
 }
 
