@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from retrieval.data.dataset import ImageDataset
 from retrieval.data.records import ImageRecord
+from retrieval.data.transforms import to_model_input
 from retrieval.device import RuntimePlan, autocast
 
 TTA_MODES = ("none", "flip")
@@ -40,14 +41,13 @@ class EmbedTimer:
 def embed_batch(
     model: torch.nn.Module, images: torch.Tensor, *, plan: RuntimePlan, tta: str = "none"
 ) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, D) float32 unit vectors on CPU.
+    """(B, 3, H, W) uint8 -> (B, D) float32 unit vectors on CPU.
 
     Flip TTA averages the embeddings of the image and its mirror, then re-normalises; it is off
     by default because the left and right flanks of a spotted animal are different patterns.
     """
     device = next(model.parameters()).device
-    memory_format = torch.channels_last if plan.channels_last else torch.contiguous_format
-    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    images = to_model_input(images, device=device, channels_last=plan.channels_last)
     with autocast(plan):
         out = model(images).float()
         if tta == "flip":

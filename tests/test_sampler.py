@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from retrieval.data.sampler import PKSampler
+from retrieval.data.sampler import EpochStream, PKSampler
 from retrieval.errors import InputError
 
 
@@ -140,3 +140,13 @@ def test_bad_settings_are_input_errors(kwargs, match):
 def test_empty_labels_are_an_input_error():
     with pytest.raises(InputError, match="non-empty"):
         PKSampler([], p=1)
+
+
+def test_epoch_stream_yields_consecutive_epochs_in_order():
+    labels = [c for c in range(6) for _ in range(3)]
+    sampler = PKSampler(labels, p=3, k=2, seed=4)
+    per_epoch = len(sampler)
+    stream = iter(EpochStream(PKSampler(labels, p=3, k=2, seed=4), start_epoch=2))
+    for epoch in (2, 3, 4):
+        sampler.set_epoch(epoch)
+        assert [next(stream) for _ in range(per_epoch)] == list(sampler)

@@ -17,6 +17,8 @@ from retrieval.data.transforms import (
     IMAGENET_STD,
     build_eval_transform,
     build_train_transform,
+    normalize_batch,
+    to_model_input,
 )
 from retrieval.errors import InputError
 
@@ -30,7 +32,7 @@ def _types(transform: T.Compose) -> list[type]:
 def test_output_shape_and_dtype(build, size):
     im = Image.new("RGB", (90, 60), (10, 200, 30))
     x = build(size)(im)
-    assert x.shape == (3, size, size) and x.dtype == torch.float32
+    assert x.shape == (3, size, size) and x.dtype == torch.uint8
 
 
 def test_train_transform_follows_the_spec():
@@ -40,16 +42,13 @@ def test_train_transform_follows_the_spec():
         T.RandomHorizontalFlip,
         T.RandomRotation,
         T.ColorJitter,
-        T.ToTensor,
-        T.Normalize,
+        T.PILToTensor,
     ]
     crop, flip, rot, jitter = t.transforms[:4]
     assert crop.scale == (0.8, 1.0) and crop.interpolation == InterpolationMode.BICUBIC
     assert flip.p == 0.5
     assert rot.degrees == [-15.0, 15.0] and tuple(rot.fill) == NEUTRAL_BACKGROUND
     assert jitter.brightness == (0.8, 1.2) and jitter.hue == (-0.05, 0.05)
-    assert tuple(t.transforms[-1].mean) == IMAGENET_MEAN
-    assert tuple(t.transforms[-1].std) == IMAGENET_STD
     assert not any(isinstance(s, T.RandomVerticalFlip) for s in t.transforms)
 
 
@@ -61,7 +60,7 @@ def test_no_flip_when_hflip_is_off():
 
 def test_eval_transform_is_deterministic_and_keeps_aspect():
     t = build_eval_transform(32)
-    assert _types(t) == [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
+    assert _types(t) == [T.Resize, T.CenterCrop, T.PILToTensor]
     assert t.transforms[0].size == 32  # an int: the shorter side, aspect kept
     assert t.transforms[0].interpolation == InterpolationMode.BICUBIC
     rng = np.random.default_rng(0)
@@ -71,7 +70,18 @@ def test_eval_transform_is_deterministic_and_keeps_aspect():
 
 def test_neutral_background_is_about_zero_after_normalisation():
     x = build_eval_transform(16)(Image.new("RGB", (16, 16), NEUTRAL_BACKGROUND))
-    assert x.abs().max() < 0.01
+    assert normalize_batch(x[None]).abs().max() < 0.01
+
+
+def test_batch_normalisation_matches_torchvision_normalize():
+    rng = np.random.default_rng(3)
+    im = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    reference = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(im))
+    got = to_model_input(T.PILToTensor()(im)[None], device=torch.device("cpu"), channels_last=True)
+    assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got[0], reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_batch(reference[None])
 
 
 def test_train_transform_is_seedable():
@@ -99,7 +109,7 @@ def test_dataset_yields_tensors_and_label_indices(tiny_data):
     ds = ImageDataset(records, class_to_idx, build_eval_transform(32))
     assert len(ds) == 34
     x, y = ds[0]
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
     assert y == class_to_idx[records[0].label]
     assert ds.labels == [class_to_idx[r.label] for r in records]
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
@@ -113,4 +123,4 @@ def test_dataset_unknown_labels(tmp_path):
     ds = ImageDataset(records, {"known": 0}, build_eval_transform(16))
     x, y = ds[0]
     assert y == UNKNOWN_LABEL
-    assert x[:, :, 0].abs().max() < 0.01  # transparent left edge: composited to ~zero
+    assert normalize_batch(x[None])[0, :, :, 0].abs().max() < 0.01  # transparent edge: ~zero

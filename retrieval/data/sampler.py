@@ -21,6 +21,7 @@ never share a batch in an epoch. Call ``set_epoch`` before each epoch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -137,3 +138,22 @@ def _check_sizes(*, p: int, k: int, num_replicas: int, rank: int) -> None:
             f"PKSampler: rank {rank} of {num_replicas} replicas is invalid; need "
             "0 <= rank < num_replicas (torchrun sets both)"
         )
+
+
+class EpochStream(Sampler[list[int]]):
+    """The batches of consecutive epochs, without end, from ``start_epoch`` on.
+
+    One data-loader iterator then serves the whole run, so workers prefetch the next epoch's
+    first batches while the current epoch ends; restarting the iterator every epoch leaves the
+    GPU idle while one worker assembles a whole batch. The training loop takes ``len(sampler)``
+    batches per epoch from it.
+    """
+
+    def __init__(self, sampler: PKSampler, *, start_epoch: int = 0) -> None:
+        self.sampler = sampler
+        self.start_epoch = start_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for epoch in itertools.count(self.start_epoch):
+            self.sampler.set_epoch(epoch)
+            yield from self.sampler

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from retrieval.data.transforms import to_model_input
 from retrieval.device import RuntimePlan, autocast
 from retrieval.model.arcface import ArcFaceHead
 from retrieval.model.embedder import EmbeddingModel
@@ -76,10 +77,12 @@ def train_one_epoch(
     so start-up (worker spawn, cudnn autotuning) does not dilute the figure.
     """
     plan, accum = settings.plan, settings.accum_steps
-    total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    try:
+        total: int | None = len(batches)  # type: ignore[arg-type]
+    except TypeError:  # an endless stream, or a generator
+        total = None
     if settings.max_batches is not None:
         total = min(total or settings.max_batches, settings.max_batches)
-    memory_format = torch.channels_last if plan.channels_last else torch.contiguous_format
     module.train()
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
@@ -89,8 +92,7 @@ def train_one_epoch(
         batches = itertools.islice(batches, settings.max_batches)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}", disable=not settings.progress)
     for i, (images, labels) in enumerate(bar):
-        images = images.to(settings.device, non_blocking=True)
-        images = images.contiguous(memory_format=memory_format)
+        images = to_model_input(images, device=settings.device, channels_last=plan.channels_last)
         labels = labels.to(settings.device, non_blocking=True)
         with autocast(plan):
             loss = module(images, labels)

@@ -7,6 +7,7 @@ together so that each step (build, resume, one epoch, save) stays a short method
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from retrieval import checkpoint as ckpt
 from retrieval.config import RunConfig
 from retrieval.data.dataset import ImageDataset
 from retrieval.data.prepare import PreparedData
-from retrieval.data.sampler import PKSampler
+from retrieval.data.sampler import EpochStream, PKSampler
 from retrieval.data.transforms import build_eval_transform, build_train_transform
 from retrieval.device import RuntimePlan, make_grad_scaler
 from retrieval.metrics import RetrievalMetrics
@@ -104,14 +105,16 @@ class TrainingSession:
             num_replicas=self.ctx.world_size,
             rank=self.ctx.rank,
         )
+        self.stream = EpochStream(self.sampler)
+        self._batches: Iterator | None = None
         workers = self.plan.num_workers
         self.loader = DataLoader(
             train_set,
-            batch_sampler=self.sampler,
+            batch_sampler=self.stream,
             num_workers=workers,
             pin_memory=self.plan.pin_memory,
             persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
+            prefetch_factor=2 if workers > 0 else None,
         )
         self.eval_transform = build_eval_transform(d.image_size)
 
@@ -175,18 +178,27 @@ class TrainingSession:
             module = torch.compile(module)
         return module
 
+    def batches(self, epoch: int) -> Iterator:
+        """The run's one batch iterator, started at the first epoch this process trains."""
+        if self._batches is None:
+            self.stream.start_epoch = epoch
+            self._batches = iter(self.loader)
+        return self._batches
+
     def run_epoch(self, epoch: int, step_module: torch.nn.Module, max_batches: int | None):
-        self.sampler.set_epoch(epoch)
+        """One epoch of ``len(sampler)`` batches (fewer with a ``max_batches`` smoke-test cap,
+        which truncates epochs; the batch stream simply continues)."""
+        per_epoch = len(self.sampler)
         settings = StepSettings(
             plan=self.plan,
             accum_steps=self.accum_steps,
             device=self.device,
             progress=self.ctx.is_main,
-            max_batches=max_batches,
+            max_batches=min(per_epoch, max_batches or per_epoch),
         )
         stats = train_one_epoch(
             step_module,
-            self.loader,
+            self.batches(epoch),
             optimizer=self.optimizer,
             scaler=self.scaler,
             schedule=self.schedule,
