@@ -40,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
         data=args.data,
         image_root=args.image_root,
         rebuild=args.rebuild_gallery,
+        device=args.device or "auto",
     )
     prepared = prepare_for(ws.loaded, workdir, data=args.data, image_root=args.image_root)
     queries = prepared.val if args.split == "val" else prepared.test

@@ -42,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         rebuild=args.rebuild_gallery,
+        device=args.device or "auto",
     )
     if args.pairs:
         from retrieval.query import score_pairs_file

@@ -37,6 +37,12 @@ def add_workdir_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True
         default=".",
         help="folder holding splits/, class_to_idx.json, checkpoints/, results/, gallery/",
     )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="auto (CUDA if present, else CPU; default), cpu, or cuda",
+    )
     if checkpoint:
         parser.add_argument(
             "--checkpoint",

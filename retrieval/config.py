@@ -18,6 +18,7 @@ from retrieval.errors import InputError
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "plateau")
 PRESETS = ("demo",)
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -87,6 +88,7 @@ class TrainConfig:
     accum_steps: int | None = None
     compile: bool = False
     eval_batch_size: int = 64
+    device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
@@ -97,6 +99,7 @@ class TrainConfig:
         _require(self.scheduler in SCHEDULERS, f"--scheduler must be one of {SCHEDULERS}")
         _require(self.patience >= 1, f"--patience must be >= 1, got {self.patience}")
         _require(self.eval_batch_size >= 1, "--eval_batch_size must be >= 1")
+        _require(self.device in DEVICES, f"--device must be one of {DEVICES}")
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,9 @@ class Workspace:
         )
 
 
-def inference_plan() -> RuntimePlan:
+def inference_plan(device: str = "auto") -> RuntimePlan:
     """The hardware plan for inference (same decisions as training, no overrides)."""
-    plan = plan_runtime(probe_device())
+    plan = plan_runtime(probe_device(device=device))
     apply_runtime(plan)
     return plan
 
@@ -146,9 +146,10 @@ def open_workspace(
     image_root: str | None = None,
     rebuild: bool = False,
     progress: bool = True,
+    device: str = "auto",
 ) -> Workspace:
     """Load the model and its gallery, building (and saving) the gallery when needed."""
-    plan = inference_plan()
+    plan = inference_plan(device)
     loaded = load_inference_model(checkpoint, plan)
     root = workdir / GALLERY_FOLDER
     if gallery_exists(root) and not rebuild:

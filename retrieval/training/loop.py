@@ -110,7 +110,7 @@ def train_one_epoch(
             started = time.perf_counter()
         else:
             images_timed += len(labels)
-        if i % PROGRESS_EVERY == 0:  # reading the loss syncs the GPU: only now and then
+        if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == total:  # reading the loss syncs the GPU
             _show_progress(bar, float(loss.detach()), optimizer, images_timed, started, epoch, i)
     bar.close()
     mean_loss = float(loss_sum) / max(seen, 1)

@@ -31,7 +31,7 @@ def prepare(cfg: RunConfig, *, num_workers: int = 1, progress: bool = True) -> P
 def make_plan(cfg: RunConfig) -> RuntimePlan:
     t = cfg.train
     plan = plan_runtime(
-        probe_device(),
+        probe_device(device=t.device),
         use_bf16=t.use_bf16,
         num_workers=t.num_workers,
         accum_steps=t.accum_steps,
@@ -87,7 +87,13 @@ def _build_gallery(cfg: RunConfig, best: Path) -> None:
     """Index the train split with the best model now, so the first search is instant."""
     from retrieval.workspace import open_workspace
 
-    ws = open_workspace(Path(cfg.workdir), best, batch_size=cfg.train.eval_batch_size, rebuild=True)
+    ws = open_workspace(
+        Path(cfg.workdir),
+        best,
+        batch_size=cfg.train.eval_batch_size,
+        rebuild=True,
+        device=cfg.train.device,
+    )
     print(f"gallery: {ws.gallery.size} images indexed in {Path(cfg.workdir) / 'gallery'}")
 
 

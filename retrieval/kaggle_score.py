@@ -1,0 +1,48 @@
+"""Scoring a pairs submission the way Kaggle re-ID competitions do, on labels you hold out.
+
+Identity-balanced mAP: for every query image, its gallery images are ranked by the submitted
+similarity; AP is computed with "same identity" as relevant; APs are averaged per identity,
+then over identities, so rare individuals weigh as much as common ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from retrieval.errors import InputError
+from retrieval.metrics import average_precision
+
+
+def holdout_pairs(images: list[str]) -> pd.DataFrame:
+    """Every ordered pair of distinct images, in the Kaggle ``test.csv`` layout."""
+    rows = [(a, b) for a in images for b in images if a != b]
+    frame = pd.DataFrame(rows, columns=["query_image", "gallery_image"])
+    frame.insert(0, "row_id", np.arange(len(frame)).astype(str))
+    return frame
+
+
+def identity_balanced_map(
+    pairs: pd.DataFrame, similarity: np.ndarray, labels: dict[str, str]
+) -> tuple[float, dict[str, float]]:
+    """(identity-balanced mAP, per-identity mean AP) of ``similarity`` (one value per row).
+
+    Queries with no other image of their identity among their gallery rows are skipped, as
+    they have no relevant item to rank.
+    """
+    if len(similarity) != len(pairs):
+        raise InputError(f"{len(similarity)} similarities for {len(pairs)} pairs")
+    missing = sorted(set(pairs["query_image"]) - set(labels))
+    if missing:
+        raise InputError(f"no label for {len(missing)} query image(s), e.g. {missing[:3]}")
+    frame = pairs.assign(similarity=np.asarray(similarity, dtype=np.float64))
+    per_identity: dict[str, list[float]] = {}
+    for query, rows in frame.groupby("query_image", sort=True):
+        ranked = rows.sort_values("similarity", ascending=False, kind="stable")
+        relevant = ranked["gallery_image"].map(labels).to_numpy() == labels[query]
+        if relevant.any():
+            per_identity.setdefault(labels[query], []).append(average_precision(relevant))
+    if not per_identity:
+        raise InputError("no query has a same-identity gallery image: nothing to score")
+    means = {name: float(np.mean(aps)) for name, aps in sorted(per_identity.items())}
+    return float(np.mean(list(means.values()))), means
