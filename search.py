@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", help="CSV row_id,query_image,gallery_image to score")
     p.add_argument("--images", dest="images_dir", help="folder of the pairs' images")
     p.add_argument("--out", default="submission.csv", help="where the pairs scores go")
+    p.add_argument("--enroll", help="add a folder {class}/{ID}_{seq}.jpg or a manifest")
+    p.add_argument("--image_root", help="folder the --enroll manifest's files are in")
+    p.add_argument("--remove", metavar="CLASS", help="remove every gallery image of CLASS")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="flip TTA (off)")
     p.add_argument("--batch_size", type=int, default=64, help="embedding batch size")
     p.add_argument("--rebuild_gallery", action="store_true", help="re-embed the gallery")
@@ -33,8 +36,10 @@ def _run(args: argparse.Namespace) -> int:
     from retrieval.errors import InputError
     from retrieval.workspace import open_workspace
 
-    if not args.images and not args.pairs:
-        raise InputError("give image files/folders to identify, or --pairs CSV (see --help)")
+    if not (args.images or args.pairs or args.enroll or args.remove):
+        raise InputError(
+            "give image files/folders to identify, --pairs CSV, --enroll PATH or --remove CLASS"
+        )
     workdir = Path(args.workdir)
     ws = open_workspace(
         workdir,
@@ -44,6 +49,8 @@ def _run(args: argparse.Namespace) -> int:
         rebuild=args.rebuild_gallery,
         device=args.device or "auto",
     )
+    if args.enroll or args.remove:
+        return _change_gallery(ws, args)
     if args.pairs:
         from retrieval.query import score_pairs_file
 
@@ -61,6 +68,18 @@ def _run(args: argparse.Namespace) -> int:
     answers = answer_images(ws, args.images, top_k=args.top_k)
     print(render(answers, args.format))
     return 1 if any(a.error for a in answers) else 0
+
+
+def _change_gallery(ws, args: argparse.Namespace) -> int:
+    from retrieval.enroll import enroll, format_enroll, remove
+
+    if args.enroll:
+        root = Path(args.image_root) if args.image_root else None
+        print(format_enroll(enroll(ws, Path(args.enroll), image_root=root)))
+    if args.remove:
+        print(f"removed {remove(ws, args.remove)} image(s) of {args.remove}")
+    print(f"gallery: {ws.gallery.size} images, {len(ws.gallery.class_names)} classes")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,41 @@ class Gallery:
         paths = [[self.paths_by_id[i] if i >= 0 else "" for i in row] for row in result.indices]
         return GalleryHits(result=result, labels=labels, paths=paths)
 
+    def class_index(self, name: str, *, create: bool = False) -> int:
+        """Index of class ``name``; with ``create``, a new class is appended (enrollment)."""
+        if name in self.class_names:
+            return self.class_names.index(name)
+        if not create:
+            raise InputError(
+                f"class {name!r} is not in the gallery; known classes: "
+                f"{', '.join(self.class_names[:10])}{' ...' if len(self.class_names) > 10 else ''}"
+            )
+        self.class_names.append(name)
+        return len(self.class_names) - 1
+
+    def add_items(self, embeddings: np.ndarray, names: list[str], paths: list[str]) -> np.ndarray:
+        """Append items under fresh IDs (never reused); returns the IDs, (N,) int64."""
+        labels = np.array([self.class_index(n, create=True) for n in names], dtype=np.int64)
+        start = len(self.labels_by_id)
+        ids = np.arange(start, start + len(paths), dtype=np.int64)
+        self.index.add_with_ids(embeddings, ids)
+        self.labels_by_id = np.concatenate([self.labels_by_id, labels])
+        self.paths_by_id += [str(p) for p in paths]
+        return ids
+
+    def remove_class(self, name: str) -> int:
+        """Drop every item of class ``name``; other items keep their IDs. Returns the count."""
+        label = self.class_index(name)
+        ids = np.flatnonzero(self.labels_by_id == label).astype(np.int64)
+        removed = self.index.remove_ids(ids)
+        self.labels_by_id[ids] = -1
+        for i in ids:
+            self.paths_by_id[i] = ""
+        return removed
+
+    def live_paths(self) -> set[str]:
+        return {p for p in self.paths_by_id if p}
+
     # ------------------------------------------------------------------ persistence
     def save(self, root: Path) -> Path:
         """Write a new version folder, then point ``current.json`` at it; returns the folder."""

@@ -82,3 +82,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# A tiny training run shared by the CLI tests: timm's test_efficientnet, random init, 48 px.
+TINY_TRAIN_ARGS = [
+    "--backbone", "test_efficientnet", "--pretrained", "none", "--image_size", "48",
+    "--min_size", "32", "--batch_p", "4", "--batch_k", "2", "--num_workers", "0",
+    "--eval_batch_size", "16", "--lr", "1e-3",
+]  # fmt: skip
+
+
+def train_tiny(root: Path, *, epochs: int = 3) -> tuple[Path, Path]:
+    """Train on one-image groups of the tiny colours; returns (data folder, workdir)."""
+    import train
+
+    data = root / "data"
+    for c, (name, colour) in enumerate(sorted(CLASS_COLOURS.items())):
+        for j in range(TINY_GROUPS_PER_CLASS[c]):
+            make_image(data / name / f"{name}-g{j}_1.jpg", seed=10 * c + j, colour=colour)
+    workdir = root / "work"
+    argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", str(epochs)]
+    assert train.main([*argv, "--warmup_epochs", "1", "--fresh", *TINY_TRAIN_ARGS]) == 0
+    return data, workdir

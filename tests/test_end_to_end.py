@@ -12,32 +12,19 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN_ARGS, train_tiny
 
 import evaluate
 import search
 import train
 
-TINY = [
-    "--backbone", "test_efficientnet", "--pretrained", "none", "--image_size", "48",
-    "--min_size", "32", "--batch_p", "4", "--batch_k", "2", "--num_workers", "0",
-    "--eval_batch_size", "16", "--lr", "1e-3",
-]  # fmt: skip
+TINY = TINY_TRAIN_ARGS
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A workdir with a 3-epoch run (1 warm-up epoch) on the tiny data set."""
-    from conftest import CLASS_COLOURS, TINY_GROUPS_PER_CLASS, make_image
-
-    root = tmp_path_factory.mktemp("e2e")
-    data = root / "data"
-    for c, (name, colour) in enumerate(sorted(CLASS_COLOURS.items())):
-        for j in range(TINY_GROUPS_PER_CLASS[c]):
-            make_image(data / name / f"{name}-g{j}_1.jpg", seed=10 * c + j, colour=colour)
-    workdir = root / "work"
-    argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "3"]
-    assert train.main([*argv, "--warmup_epochs", "1", "--fresh", *TINY]) == 0
-    return data, workdir
+    return train_tiny(tmp_path_factory.mktemp("e2e"))
 
 
 def read_log(workdir: Path) -> list[dict]:

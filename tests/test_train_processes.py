@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--backbone", "test_efficientnet", "--pretrained", "none", "--image_size", "48",
-    "--min_size", "32", "--batch_p", "4", "--batch_k", "2", "--num_workers", "0",
-    "--eval_batch_size", "16", "--warmup_epochs", "1",
-]  # fmt: skip
+TINY = [*TINY_TRAIN_ARGS, "--warmup_epochs", "1"]
 
 pytestmark = pytest.mark.slow
 

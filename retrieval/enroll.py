@@ -1,0 +1,94 @@
+"""Growing and pruning the saved gallery without retraining (issue 6: open-world gallery).
+
+New photos (of known or brand-new individuals) are embedded with the gallery's own model and
+added under fresh, never-reused IDs; a class can be removed. Every change is recorded in the
+gallery's history, and each save is atomic (a crash leaves the previous gallery in place).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrieval.config import RunConfig
+from retrieval.data.images import check_images
+from retrieval.data.scan import load_records
+from retrieval.errors import InputError
+from retrieval.workspace import GALLERY_FOLDER, Workspace
+
+
+@dataclass(frozen=True)
+class EnrollSummary:
+    added: int
+    new_classes: tuple[str, ...]
+    already_enrolled: int
+    excluded_small: int
+    unreadable: int
+
+
+def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> EnrollSummary:
+    """Embed the images of a folder ``{class}/{ID}_{seq}.jpg`` or a manifest and add them.
+
+    The training image policy applies (minimum size from the checkpoint's config); images whose
+    path is already in the gallery are skipped, so enrolling a folder twice adds nothing.
+    """
+    records = load_records(source, image_root)
+    min_size = RunConfig.from_dict(ws.loaded.config).data.min_size
+    check = check_images(records, min_size=min_size)
+    known = ws.gallery.live_paths()
+    fresh = [r for r in check.kept if str(r.path) not in known]
+    before = set(ws.gallery.class_names)
+    if fresh:
+        embeddings = ws.embed(fresh, desc="enrolling")
+        ws.gallery.add_items(embeddings, [r.label for r in fresh], [str(r.path) for r in fresh])
+    new_classes = tuple(sorted({r.label for r in fresh} - before))
+    ws.gallery.history.append(
+        {
+            "event": "enroll",
+            "source": str(source),
+            "items": len(fresh),
+            "new_classes": list(new_classes),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    )
+    ws.gallery.save(ws.workdir / GALLERY_FOLDER)
+    return EnrollSummary(
+        added=len(fresh),
+        new_classes=new_classes,
+        already_enrolled=len(check.kept) - len(fresh),
+        excluded_small=sum(len(v) for v in check.too_small.values()),
+        unreadable=len(check.unreadable),
+    )
+
+
+def remove(ws: Workspace, class_name: str) -> int:
+    """Remove every gallery item of ``class_name``; returns how many were removed."""
+    removed = ws.gallery.remove_class(class_name)
+    if removed == 0:
+        raise InputError(f"class {class_name!r} has no items left in the gallery")
+    ws.gallery.history.append(
+        {
+            "event": "remove",
+            "class": class_name,
+            "items": removed,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    )
+    ws.gallery.save(ws.workdir / GALLERY_FOLDER)
+    return removed
+
+
+def format_enroll(summary: EnrollSummary) -> str:
+    line = f"enrolled {summary.added} image(s)"
+    if summary.new_classes:
+        shown = ", ".join(summary.new_classes[:10])
+        more = f" and {len(summary.new_classes) - 10} more" if len(summary.new_classes) > 10 else ""
+        line += f"; new classes: {shown}{more}"
+    skipped = [
+        (summary.already_enrolled, "already in the gallery"),
+        (summary.excluded_small, "below the minimum size"),
+        (summary.unreadable, "unreadable"),
+    ]
+    extra = [f"{n} {why}" for n, why in skipped if n]
+    return line + (f" (skipped: {', '.join(extra)})" if extra else "")
