@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--accum_steps", type=int, help="gradient accumulation (default: from GPU memory)"
     )
     p.add_argument("--eval_batch_size", type=int, help="batch size for embedding (default 64)")
+    p.add_argument("--ema_decay", type=float, help="EMA of weights for val/best (0 = off)")
     add_bool_flag(p, "compile", "torch.compile the training step")
     p.add_argument("--no_hflip", action="store_true", help="no horizontal flip augmentation")
     add_bool_flag(p, "bn_train", "update backbone BatchNorm statistics (off: frozen)")

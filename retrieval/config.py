@@ -89,6 +89,7 @@ class TrainConfig:
     compile: bool = False
     eval_batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda
+    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of weights
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
@@ -100,6 +101,9 @@ class TrainConfig:
         _require(self.patience >= 1, f"--patience must be >= 1, got {self.patience}")
         _require(self.eval_batch_size >= 1, "--eval_batch_size must be >= 1")
         _require(self.device in DEVICES, f"--device must be one of {DEVICES}")
+        _require(
+            0.0 <= self.ema_decay < 1.0, f"--ema_decay must be in [0, 1), got {self.ema_decay}"
+        )
 
 
 @dataclass(frozen=True)

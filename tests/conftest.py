@@ -92,7 +92,7 @@ TINY_TRAIN_ARGS = [
 ]  # fmt: skip
 
 
-def train_tiny(root: Path, *, epochs: int = 3) -> tuple[Path, Path]:
+def train_tiny(root: Path, *, epochs: int = 3, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Train on one-image groups of the tiny colours; returns (data folder, workdir)."""
     import train
 
@@ -102,5 +102,5 @@ def train_tiny(root: Path, *, epochs: int = 3) -> tuple[Path, Path]:
             make_image(data / name / f"{name}-g{j}_1.jpg", seed=10 * c + j, colour=colour)
     workdir = root / "work"
     argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", str(epochs)]
-    assert train.main([*argv, "--warmup_epochs", "1", "--fresh", *TINY_TRAIN_ARGS]) == 0
+    assert train.main([*argv, "--warmup_epochs", "1", "--fresh", *TINY_TRAIN_ARGS, *extra]) == 0
     return data, workdir

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +59,7 @@ class StepSettings:
     device: torch.device
     progress: bool = True
     max_batches: int | None = None  # a cap for benchmarks and smoke tests
+    after_step: Callable[[], None] | None = None  # e.g. the EMA update, after each optimiser step
 
 
 def train_one_epoch(
@@ -102,6 +103,8 @@ def train_one_epoch(
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
+            if settings.after_step is not None:
+                settings.after_step()
         if total:
             schedule.step_batch(epoch, (i + 1) / total)
         loss_sum += loss.detach() * len(labels)

@@ -82,6 +82,7 @@ class TrainingSession:
         self.module = TrainModule(self.model, self.head).to(self.device)
         if self.plan.channels_last:
             self.module.to(memory_format=torch.channels_last)
+        self.ema = build_ema(self.model, tc.ema_decay)
         self.optimizer = build_optimizer(
             self.module.parameters(), name=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay
         )
@@ -118,12 +119,21 @@ class TrainingSession:
         )
         self.eval_transform = build_eval_transform(d.image_size)
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and saved for inference: the EMA when it is on."""
+        return self.model if self.ema is None else self.ema.module
+
     # ----------------------------------------------------------------- checkpoints
     def state(self, metrics: RetrievalMetrics | None) -> dict[str, Any]:
-        model_state = ckpt.fp32_state_dict(self.model)
+        model_state = ckpt.fp32_state_dict(self.eval_model)  # what evaluation and search load
+        extra = {}
+        if self.ema is not None:
+            extra = {"train_model": ckpt.fp32_state_dict(self.model), "ema": self.ema.state_dict()}
         return {
             "format": ckpt.FORMAT_VERSION,
             "model": model_state,
+            **extra,
             "model_hash": ckpt.weights_hash(model_state),
             "head": ckpt.fp32_state_dict(self.head),
             "optimizer": self.optimizer.state_dict(),
@@ -148,7 +158,9 @@ class TrainingSession:
         ckpt.check_resumable(
             state, backbone=self.cfg.model.backbone, fingerprint=self.fingerprint, path=path
         )
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state.get("train_model", state["model"]))
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
@@ -195,6 +207,7 @@ class TrainingSession:
             device=self.device,
             progress=self.ctx.is_main,
             max_batches=min(per_epoch, max_batches or per_epoch),
+            after_step=None if self.ema is None else lambda: self.ema.update_parameters(self.model),
         )
         stats = train_one_epoch(
             step_module,
@@ -208,7 +221,7 @@ class TrainingSession:
         metrics = None
         if self.ctx.is_main:
             metrics = validate(
-                self.model,
+                self.eval_model,
                 gallery=self.prepared.train,
                 queries=self.prepared.val,
                 class_to_idx=self.prepared.class_to_idx,
@@ -297,6 +310,19 @@ class TrainingSession:
             interrupted=interrupted,
             checkpoint_dir=self.dir,
         )
+
+
+def build_ema(model: torch.nn.Module, decay: float):
+    """An exponential moving average of ``model``'s weights (None when ``decay`` is 0).
+
+    Validation and the saved best model use the average: it smooths the noise of small P x K
+    batches. Buffers are averaged too (frozen BatchNorm statistics stay as they are).
+    """
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _metrics_dict(metrics: RetrievalMetrics | None) -> dict[str, float] | None:
