@@ -65,3 +65,16 @@ def test_epoch_log_appends_with_one_header(tmp_path):
     append_epoch_row(path, {**row, "val_map": None})
     lines = path.read_text().splitlines()
     assert lines[0].split(",") == list(COLUMNS) and len(lines) == 3
+
+
+@pytest.mark.parametrize(
+    ("recall", "mean_ap", "better"),
+    [(0.95, 0.70, True), (0.90, 0.99, False), (0.92, 0.81, True), (0.92, 0.80, False)],
+)
+def test_model_selection_breaks_recall_ties_with_map(recall, mean_ap, better):
+    from retrieval.metrics import RetrievalMetrics
+    from retrieval.training.trainer import Progress, is_better
+
+    best = Progress(best_recall_at_1=0.92, best_map=0.80)
+    metrics = RetrievalMetrics(recall, 1.0, mean_ap, mean_ap, {}, 10)
+    assert is_better(metrics, best) is better

@@ -38,6 +38,7 @@ class Progress:
 
     next_epoch: int = 0
     best_recall_at_1: float = -1.0
+    best_map: float = -1.0  # breaks Recall@1 ties (small val sets saturate Recall@1 early)
     best_epoch: int = -1
     bad_epochs: int = 0  # phase-2 epochs since the last improvement
     train_seconds: float = 0.0  # wall time of finished epochs, validation included
@@ -243,10 +244,14 @@ class TrainingSession:
         p = self.progress
         p.next_epoch = epoch + 1
         p.train_seconds += seconds
-        # Without a val split the latest model is the best one.
-        improved = recall is None or recall > p.best_recall_at_1
+        # Selection on val Recall@1, ties broken by mAP: on a small val split Recall@1 stops
+        # moving within a few epochs while the ranking still improves (measured on dogs_kaggle:
+        # R@1 flat at 0.945 from epoch 6, mAP 0.80 -> 0.89). Without a val split the latest
+        # model is the best one.
+        improved = metrics is None or is_better(metrics, p)
+        if metrics is not None and improved:
+            p.best_recall_at_1, p.best_map = metrics.recall_at_1, metrics.map
         if improved:
-            p.best_recall_at_1 = recall if recall is not None else p.best_recall_at_1
             p.best_epoch, p.bad_epochs = epoch, 0
         elif phase.number == 2:
             p.bad_epochs += 1
@@ -310,6 +315,11 @@ class TrainingSession:
             interrupted=interrupted,
             checkpoint_dir=self.dir,
         )
+
+
+def is_better(metrics: RetrievalMetrics, progress: Progress) -> bool:
+    """Higher val Recall@1 wins; an equal Recall@1 with a higher mAP wins too."""
+    return (metrics.recall_at_1, metrics.map) > (progress.best_recall_at_1, progress.best_map)
 
 
 def build_ema(model: torch.nn.Module, decay: float):
