@@ -10,8 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.cli import add_bool_flag, add_workdir_args, default_checkpoint, run_cli
-from retrieval.device import prepare_environment
+from retrieval.cli import add_bool_flag, add_workdir_args, cli_main, default_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,9 +65,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prepare_environment()
-    args = build_parser().parse_args(argv)
-    return run_cli("evaluate.py", lambda: _run(args))
+    return cli_main("evaluate.py", build_parser, _run, argv)
 
 
 if __name__ == "__main__":

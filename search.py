@@ -10,8 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.cli import add_workdir_args, default_checkpoint, run_cli
-from retrieval.device import prepare_environment
+from retrieval.cli import add_workdir_args, cli_main, default_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,9 +82,7 @@ def _change_gallery(ws, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prepare_environment()
-    args = build_parser().parse_args(argv)
-    return run_cli("search.py", lambda: _run(args))
+    return cli_main("search.py", build_parser, _run, argv)
 
 
 if __name__ == "__main__":

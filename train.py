@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retrieval.cli import add_bool_flag, add_workdir_args, run_cli
-from retrieval.device import prepare_environment
+from retrieval.cli import add_bool_flag, add_workdir_args, cli_main
 
 # flag name -> config key, where they differ (SPEC 8 names the flags)
 RENAMED = {"margin": "margin_rad"}
@@ -105,9 +104,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prepare_environment()
-    args = build_parser().parse_args(argv)
-    return run_cli("train.py", lambda: _run(args))
+    return cli_main("train.py", build_parser, _run, argv)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,20 @@ def default_checkpoint(workdir: str | Path, checkpoint: str | None) -> Path:
     return Path(workdir) / "checkpoints" / "best_model.pt"
 
 
+def cli_main(
+    prog: str,
+    build_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str] | None,
+) -> int:
+    """The whole ``main(argv)`` of a CLI: OpenMP environment first, then flags, then ``run``."""
+    from retrieval.device import prepare_environment
+
+    prepare_environment()
+    args = build_parser().parse_args(argv)
+    return run_cli(prog, lambda: run(args))
+
+
 def run_cli(prog: str, body: Callable[[], int]) -> int:
     """Run a CLI body; user errors become one line on stderr and exit code 2."""
     try:

@@ -138,13 +138,14 @@ def vote(
     top_n: int = 20,
     eps: float = 1e-6,
     thresholds: Thresholds,
+    class_names: Sequence[str] | None = None,
 ) -> Decision:
     """Weighted vote over the nearest ``top_n`` neighbours of one query, with rejection.
 
     labels: (k,) int class of each neighbour (-1 = padding, ignored); distances: (k,) float L2.
     Each neighbour adds 1 / max(d, eps) to its class (eps guards an exact duplicate, d = 0).
     Rejected when the nearest distance > thresholds.max_distance (checked first) or the
-    margin < thresholds.min_margin.
+    margin < thresholds.min_margin. ``class_names`` only makes the reason readable.
     """
     if top_n < 1 or eps <= 0:
         raise InputError(f"top_n must be >= 1 and eps > 0, got top_n={top_n}, eps={eps}")
@@ -158,9 +159,11 @@ def vote(
             f"(d={top1:.3f} > {thresholds.max_distance:.3f})"
         )
     elif margin < thresholds.min_margin:
-        runner_up = votes[1][0] if len(votes) > 1 else votes[0][0]
+        first, second = votes[0][0], votes[1][0] if len(votes) > 1 else votes[0][0]
+        if class_names is not None:
+            first, second = class_names[first], class_names[second]
         reason = (
-            f"reshoot recommended: ambiguous between {votes[0][0]} and {runner_up} "
+            f"reshoot recommended: ambiguous between {first} and {second} "
             f"(margin {margin:.3f} < {thresholds.min_margin:.3f})"
         )
     else:
@@ -176,6 +179,7 @@ def vote_batch(
     top_n: int = 20,
     eps: float = 1e-6,
     thresholds: Thresholds,
+    class_names: Sequence[str] | None = None,
 ) -> list[Decision]:
     """:func:`vote` for each row. labels: (Q, k) int; distances: (Q, k) float L2."""
     labels, distances = np.asarray(labels), np.asarray(distances)
@@ -185,7 +189,14 @@ def vote_batch(
             f"{distances.shape}"
         )
     return [
-        vote(row_labels, row_distances, top_n=top_n, eps=eps, thresholds=thresholds)
+        vote(
+            row_labels,
+            row_distances,
+            top_n=top_n,
+            eps=eps,
+            thresholds=thresholds,
+            class_names=class_names,
+        )
         for row_labels, row_distances in zip(labels, distances, strict=True)
     ]
 

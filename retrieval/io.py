@@ -10,32 +10,46 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from retrieval.errors import InputError
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` so readers never see a partial file.
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
-    Creates the parent folder. ``OSError`` (read-only disk, parent is a file) propagates: the
-    caller knows which user-facing folder it was and says so.
+    Whatever the body writes there (JSON, a checkpoint, a PNG) appears under ``path`` all at
+    once or not at all: a crash, Ctrl-C or ``kill`` mid-write leaves the previous file intact.
+    The temporary name is unique (pid + random) and the file gets the usual umask permissions
+    (``mkstemp`` would make it private). Creates the parent folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
+        yield tmp
+        if tmp.exists():
+            with tmp.open("rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` so readers never see a partial file.
+
+    ``OSError`` (read-only disk, parent is a file) propagates: the caller knows which
+    user-facing folder it was and says so.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def read_json(path: Path, *, fix: str = "delete it to have it rebuilt") -> Any:

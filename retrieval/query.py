@@ -88,10 +88,14 @@ def answer_images(ws: Workspace, inputs: list[str], *, top_k: int = 5) -> list[Q
     records = [ImageRecord(path=p.resolve(), label="", group=p.stem) for p in paths]
     embeddings = ws.embed(records, desc="queries", progress=len(paths) > 16)
     hits = ws.gallery.search(embeddings, max(top_k, VOTE_TOP_N))
-    decisions = vote_batch(
-        hits.labels, hits.result.distances, top_n=VOTE_TOP_N, thresholds=ws.gallery.thresholds
-    )
     names = ws.gallery.class_names
+    decisions = vote_batch(
+        hits.labels,
+        hits.result.distances,
+        top_n=VOTE_TOP_N,
+        thresholds=ws.gallery.thresholds,
+        class_names=names,
+    )
     answers = []
     for row, (path, decision) in enumerate(zip(paths, decisions, strict=True)):
         matches = tuple(

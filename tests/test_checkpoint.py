@@ -45,9 +45,9 @@ def test_crash_during_save_keeps_the_previous_file(tmp_path):
         import os, torch
         from retrieval import checkpoint as ckpt
         real_save = torch.save
-        def dying_save(obj, handle):
-            handle.write(b"partial bytes")
-            handle.flush()
+        def dying_save(obj, target):
+            with open(target, "wb") as handle:
+                handle.write(b"partial bytes")
             os._exit(9)  # killed mid-write
         torch.save = dying_save
         ckpt.save_atomic({{"format": 1, "value": 2}}, __import__("pathlib").Path({str(path)!r}))

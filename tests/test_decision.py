@@ -218,3 +218,13 @@ def test_calibration_rejects_bad_input() -> None:
         calibrate_thresholds(-np.ones((2, 3), int), np.ones((2, 3)), np.zeros(2, int))
     with pytest.raises(InputError, match="true_labels"):
         calibrate_thresholds(np.zeros((2, 3), int), np.ones((2, 3)), np.zeros(3, int))
+
+
+def test_ambiguity_reason_names_the_classes_when_given():
+    decision = vote(
+        np.array([0, 1]),
+        np.array([0.5, 0.5]),
+        thresholds=Thresholds(max_distance=2.0, min_margin=0.1),
+        class_names=["lynx_a", "lynx_b"],
+    )
+    assert decision.label is None and "lynx_a and lynx_b" in decision.reason

@@ -14,9 +14,7 @@ never leaves half a file.
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -33,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from retrieval.errors import InputError
+from retrieval.io import atomic_path
 
 MATCH_COLOUR = "#1a9641"  # gallery tile of the query's class
 MISMATCH_COLOUR = "#d7191c"  # gallery tile of another class
@@ -60,14 +59,8 @@ def _save_png(fig: Figure, path: Path, *, tight: bool = True) -> Path:
     ``tight`` crops to the drawn content (long tick labels, outside legends); the grid, laid out
     in pixels, is saved at exactly its size.
     """
-    # Not mkstemp: its files are private (0600); figures get the usual umask permissions.
-    tmp_name = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fig.savefig(tmp_name, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     return path
 
 
