@@ -19,6 +19,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "plateau")
 PRESETS = ("demo",)
 DEVICES = ("auto", "cpu", "cuda")
+POOLINGS = ("avg", "gem")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -50,9 +51,11 @@ class ModelConfig:
     pretrained: str = "timm"  # timm | pypi | none | PATH
     embedding_dim: int = 512
     bn_train: bool = False  # update backbone BatchNorm statistics (hurts on small P x K batches)
+    pooling: str = "avg"  # avg | gem (generalised mean, learnable p)
 
     def __post_init__(self) -> None:
         _require(self.embedding_dim >= 2, f"embedding_dim must be >= 2, got {self.embedding_dim}")
+        _require(self.pooling in POOLINGS, f"--pooling must be one of {POOLINGS}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class LossConfig:
     margin_rad: float = 0.5
     scale: float = 64.0
     warmup_epochs: int = 5  # phase 1: backbone frozen, margin 0
+    subcenters: int = 1  # sub-center ArcFace: k centres per class (1 = plain ArcFace)
+    dynamic_margins: bool = False  # per-class margin a * n^(-1/4) + b from class frequency
 
     def __post_init__(self) -> None:
         _require(
@@ -69,6 +74,7 @@ class LossConfig:
         )
         _require(self.scale > 0, f"--scale must be > 0, got {self.scale}")
         _require(self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _require(self.subcenters >= 1, f"--subcenters must be >= 1, got {self.subcenters}")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,10 @@ def load_inference_model(path: Path, plan: RuntimePlan) -> LoadedModel:
     """Rebuild the embedding model of checkpoint ``path`` on ``plan.device``."""
     state = ckpt.load_checkpoint(path)
     model = build_embedding_model(
-        state["backbone"], embedding_dim=state["embedding_dim"], pretrained="none"
+        state["backbone"],
+        embedding_dim=state["embedding_dim"],
+        pretrained="none",
+        pooling=state.get("pooling", "avg"),
     )
     model.load_state_dict(state["model"])
     model.eval().to(torch.device(plan.device))

@@ -7,6 +7,7 @@ together so that each step (build, resume, one epoch, save) stays a short method
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from retrieval.data.prepare import PreparedData
 from retrieval.data.sampler import EpochStream, PKSampler
 from retrieval.data.transforms import build_eval_transform, build_train_transform
 from retrieval.device import RuntimePlan, make_grad_scaler
+from retrieval.errors import InputError
 from retrieval.metrics import RetrievalMetrics
-from retrieval.model.arcface import ArcFaceHead
+from retrieval.model.arcface import ArcFaceHead, dynamic_margins
 from retrieval.model.embedder import build_embedding_model
 from retrieval.training.distributed import DistContext, barrier, broadcast_object, device_for
 from retrieval.training.epoch_log import append_epoch_row
@@ -72,13 +74,19 @@ class TrainingSession:
     def _build_model(self) -> None:
         m, lc, tc = self.cfg.model, self.cfg.loss, self.cfg.train
         self.model = build_embedding_model(
-            m.backbone, embedding_dim=m.embedding_dim, pretrained=m.pretrained, bn_train=m.bn_train
+            m.backbone,
+            embedding_dim=m.embedding_dim,
+            pretrained=m.pretrained,
+            bn_train=m.bn_train,
+            pooling=m.pooling,
         )
         self.head = ArcFaceHead(
             m.embedding_dim,
             len(self.prepared.class_to_idx),
             scale=lc.scale,
             margin_rad=lc.margin_rad,
+            subcenters=lc.subcenters,
+            class_margins=self._class_margins() if lc.dynamic_margins else None,
         )
         self.module = TrainModule(self.model, self.head).to(self.device)
         if self.plan.channels_last:
@@ -91,6 +99,12 @@ class TrainingSession:
             self.optimizer, name=tc.scheduler, warmup_epochs=lc.warmup_epochs
         )
         self.scaler = make_grad_scaler(self.plan)
+
+    def _class_margins(self) -> torch.Tensor:
+        """Per-class margins from training-image counts (rare individuals get larger ones)."""
+        counts = Counter(r.label for r in self.prepared.train)
+        order = sorted(self.prepared.class_to_idx, key=self.prepared.class_to_idx.__getitem__)
+        return dynamic_margins([max(1, counts[name]) for name in order])
 
     def _build_data(self) -> None:
         d, t = self.cfg.data, self.cfg.train
@@ -148,6 +162,7 @@ class TrainingSession:
             "class_to_idx": self.prepared.class_to_idx,
             "backbone": self.cfg.model.backbone,
             "embedding_dim": self.cfg.model.embedding_dim,
+            "pooling": self.cfg.model.pooling,
             "image_size": self.cfg.data.image_size,
             "data_fingerprint": self.fingerprint,
             "versions": ckpt.library_versions(),
@@ -159,10 +174,17 @@ class TrainingSession:
         ckpt.check_resumable(
             state, backbone=self.cfg.model.backbone, fingerprint=self.fingerprint, path=path
         )
-        self.model.load_state_dict(state.get("train_model", state["model"]))
+        try:
+            self.model.load_state_dict(state.get("train_model", state["model"]))
+            self.head.load_state_dict(state["head"])
+        except RuntimeError as err:  # shapes or keys differ: another model/head configuration
+            raise InputError(
+                f"{path} was trained with another model or head configuration (pooling, "
+                "embedding size, sub-centres or margins); use --fresh to start over or "
+                "another --workdir for a separate run"
+            ) from err
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
-        self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

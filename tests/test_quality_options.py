@@ -1,0 +1,28 @@
+"""GeM pooling, sub-center ArcFace and dynamic margins through the real train/search path."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import TINY_TRAIN_ARGS, train_tiny
+
+import search
+import train
+from retrieval import checkpoint as ckpt
+
+
+def test_gem_subcenters_dynamic_margins_train_resume_and_search(tmp_path, capsys):
+    options = ("--pooling", "gem", "--subcenters", "2", "--dynamic_margins")
+    data, workdir = train_tiny(tmp_path, epochs=2, extra=options)
+    state = ckpt.load_checkpoint(workdir / "checkpoints" / "best_model.pt")
+    assert state["pooling"] == "gem" and "pool.p" in state["model"]
+    assert state["head"]["weight"].shape[0] == 2 * len(state["class_to_idx"])
+    assert "class_margins" in state["head"]
+    query = next((data / "red").glob("*.jpg"))
+    capsys.readouterr()
+    assert search.main([str(query), "--workdir", str(workdir), "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["matches"]) == 5
+    # resuming with another head configuration is a clean, one-line refusal
+    argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "3", *TINY_TRAIN_ARGS]
+    assert train.main([*argv, "--warmup_epochs", "1", "--pooling", "gem"]) == 2
+    assert "another model or head configuration" in capsys.readouterr().err
