@@ -23,6 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=64, help="embedding batch size")
     add_bool_flag(p, "figures", "save figures under results/figures (default true)")
     p.add_argument("--rebuild_gallery", action="store_true", help="re-embed the gallery")
+    p.add_argument(
+        "--open_set",
+        action="store_true",
+        help="calibrate new-individual detection on val (stored with the gallery) and report it",
+    )
+    p.add_argument("--target_far", type=float, default=0.05, help="open set: false-accept target")
+    p.add_argument(
+        "--open_set_fraction", type=float, default=0.2, help="share of val classes held out"
+    )
     return p
 
 
@@ -60,8 +69,25 @@ def _run(args: argparse.Namespace) -> int:
             **arrays,
         )
     print(format_report(report))
+    if args.open_set:
+        files.append(_open_set(ws, prepared, queries, args, results))
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def _open_set(ws, prepared, queries, args: argparse.Namespace, results: Path) -> Path:
+    from retrieval.config import RunConfig
+    from retrieval.open_set_report import format_open_set_report
+    from retrieval.open_set_run import run_open_set, save_open_set
+
+    settings = {
+        "fraction": args.open_set_fraction,
+        "target_far": args.target_far,
+        "seed": RunConfig.from_dict(ws.loaded.config).data.seed,
+    }
+    run = run_open_set(ws, val=prepared.val, queries=queries, split=args.split, **settings)
+    print(format_open_set_report(run.report))
+    return save_open_set(ws, run, split=args.split, results=results, **settings)
 
 
 def main(argv: list[str] | None = None) -> int:

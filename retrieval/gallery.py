@@ -46,6 +46,7 @@ class Gallery:
     fingerprint: str
     thresholds: Thresholds = field(default_factory=Thresholds)
     history: list[dict] = field(default_factory=list)  # what built or changed the gallery
+    open_set: dict | None = None  # new-individual calibration (evaluate.py --open_set)
 
     @classmethod
     def build(
@@ -141,6 +142,7 @@ class Gallery:
             "class_names": self.class_names,
             "thresholds": self.thresholds.to_dict(),
             "history": self.history,
+            "open_set": self.open_set,
             "items": self.size,
         }
 
@@ -169,6 +171,7 @@ class Gallery:
             fingerprint=meta["fingerprint"],
             thresholds=Thresholds.from_dict(meta["thresholds"]),
             history=list(meta["history"]),
+            open_set=meta.get("open_set"),
         )
 
 

@@ -7,7 +7,7 @@ rest are still answered.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from retrieval.data.records import ImageRecord
 from retrieval.data.scan import IMAGE_EXTENSIONS
 from retrieval.decision import Decision, vote_batch
 from retrieval.errors import InputError
+from retrieval.open_set import OpenSetCalibration
 from retrieval.pairs import (
     distinct_images,
     missing_images,
@@ -42,6 +43,7 @@ class QueryAnswer:
     decision: Decision | None = None
     class_name: str | None = None  # the voted class; None when rejected or on error
     error: str | None = None
+    p_same: float | None = None  # calibrated P(top-1 match is this individual), if calibrated
 
 
 def collect_images(inputs: list[str]) -> tuple[list[Path], list[QueryAnswer]]:
@@ -96,6 +98,7 @@ def answer_images(ws: Workspace, inputs: list[str], *, top_k: int = 5) -> list[Q
         thresholds=ws.gallery.thresholds,
         class_names=names,
     )
+    decisions, p_same = _open_set_check(ws, hits.result.scores[:, 0], decisions)
     answers = []
     for row, (path, decision) in enumerate(zip(paths, decisions, strict=True)):
         matches = tuple(
@@ -109,8 +112,30 @@ def answer_images(ws: Workspace, inputs: list[str], *, top_k: int = 5) -> list[Q
             if hits.labels[row, j] >= 0
         )
         voted = names[decision.label] if decision.label is not None else None
-        answers.append(QueryAnswer(str(path), matches, decision, voted))
+        answers.append(QueryAnswer(str(path), matches, decision, voted, p_same=p_same[row]))
     return answers + errors
+
+
+def _open_set_check(
+    ws: Workspace, top1_scores: np.ndarray, decisions: list[Decision]
+) -> tuple[list[Decision], list[float | None]]:
+    """With an open-set calibration (evaluate.py --open_set), reject probable new individuals
+    and attach P(same individual); without one, decisions pass through unchanged."""
+    if ws.gallery.open_set is None:
+        return decisions, [None] * len(decisions)
+    calibration = OpenSetCalibration.from_dict(ws.gallery.open_set)
+    accepted = calibration.accepts(top1_scores)
+    out = []
+    for decision, score, ok in zip(decisions, top1_scores, accepted, strict=True):
+        if decision.label is not None and not ok:
+            cut, far = calibration.threshold_score, calibration.target_false_accept_rate
+            reason = (
+                f"unknown individual: top-1 cosine {score:.3f} <= {cut:.3f} (open-set "
+                f"threshold for a {far:.0%} false-accept rate); a new animal, or reshoot"
+            )
+            decision = replace(decision, label=None, reason=reason)
+        out.append(decision)
+    return out, [float(p) for p in calibration.probability(top1_scores)]
 
 
 @dataclass(frozen=True)

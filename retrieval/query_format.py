@@ -17,9 +17,10 @@ def _verdict(answer: QueryAnswer) -> str:
         return f"error: {answer.error}"
     d = answer.decision
     assert d is not None
+    p_same = "" if answer.p_same is None else f"P(same individual) {answer.p_same:.2f}, "
     if answer.class_name is None:
-        return f"{UNCLASSIFIABLE} ({d.reason})"
-    return f"{answer.class_name} (confidence {d.confidence:.2f}, margin {d.margin:.2f})"
+        return f"{UNCLASSIFIABLE} ({p_same}{d.reason})"
+    return f"{answer.class_name} ({p_same}confidence {d.confidence:.2f}, margin {d.margin:.2f})"
 
 
 def as_table(answers: list[QueryAnswer]) -> str:
@@ -41,6 +42,7 @@ def _as_dict(answer: QueryAnswer) -> dict:
         if answer.error
         else ("accepted" if answer.class_name else UNCLASSIFIABLE),
         "confidence": None if d is None else d.confidence,
+        "p_same_individual": answer.p_same,
         "margin": None if d is None else d.margin,
         "reason": answer.error or (d.reason if d else None),
         "matches": [

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import make_image, train_tiny
 
+import evaluate
 import search
 from retrieval import checkpoint as ckpt
 from retrieval.gallery import Gallery
@@ -113,3 +114,24 @@ def test_a_crash_during_enrollment_keeps_the_previous_gallery(trained, newcomer)
     after = Gallery.load(workdir / "gallery")
     assert after.size == before.size
     np.testing.assert_array_equal(after.labels_by_id, before.labels_by_id)
+
+
+def test_open_set_calibration_is_reported_stored_and_used_by_search(trained, capsys):
+    data, workdir = trained
+    wd = ["--workdir", str(workdir)]
+    argv = ["--split", "test", "--open_set", "--open_set_fraction", "0.4", "--figures=false"]
+    assert evaluate.main([*argv, *wd]) == 0
+    out = capsys.readouterr().out
+    assert "AUROC known vs unknown" in out
+    metrics = json.loads((workdir / "results" / "open_set_metrics.json").read_text())
+    assert metrics["calibration_split"] == "val" and metrics["unknown_classes"]
+    assert 0.0 <= metrics["report"]["auroc"] <= 1.0
+    gallery = Gallery.load(workdir / "gallery")
+    assert gallery.open_set is not None and gallery.history[-1]["event"] == "open_set_calibrate"
+    query = next((data / "red").glob("*.jpg"))
+    answer = _answers(capsys, str(query), *wd)[0]
+    assert 0.0 <= answer["p_same_individual"] <= 1.0
+    threshold = gallery.open_set["threshold_score"]
+    top1_cosine = 1.0 - answer["matches"][0]["distance"] ** 2 / 2
+    if top1_cosine <= threshold:
+        assert answer["status"] == "unclassifiable" and "unknown individual" in answer["reason"]
