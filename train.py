@@ -84,6 +84,10 @@ def resolve_values(args: argparse.Namespace) -> dict[str, Any]:
             values[RENAMED.get(name, name)] = value
     if args.no_hflip:
         values["hflip"] = False
+    # Absolute paths: the checkpoint's config must find the data from any folder later.
+    for key in ("data", "image_root"):
+        if values.get(key):
+            values[key] = str(Path(values[key]).resolve())
     return values
 
 

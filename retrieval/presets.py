@@ -44,7 +44,7 @@ def preset_values(name: str | None, workdir: Path) -> dict[str, Any]:
 
 def materialize_preset(name: str | None, workdir: Path, data: str) -> None:
     """Create what a preset needs on disk (the demo data set, generated once and reused)."""
-    if name == "demo" and Path(data) == workdir / DEMO_DATA_FOLDER:
+    if name == "demo" and Path(data).resolve() == (workdir / DEMO_DATA_FOLDER).resolve():
         from retrieval.data.demo import make_demo_dataset
 
         make_demo_dataset(Path(data))

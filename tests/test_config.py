@@ -83,3 +83,21 @@ def test_bad_config_file_is_a_clean_error(tmp_path):
         load_config_file(path)
     with pytest.raises(InputError, match="not found"):
         load_config_file(tmp_path / "missing.yaml")
+
+
+def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = resolved(["--data", "photos", "--image_root", "imgs"])
+    assert cfg.data.data == str(tmp_path / "photos")
+    assert cfg.data.image_root == str(tmp_path / "imgs")
+
+
+def test_demo_preset_generates_its_data_under_the_workdir(tmp_path, monkeypatch):
+    from retrieval.presets import materialize_preset
+
+    monkeypatch.chdir(tmp_path)
+    cfg = resolved(["--preset", "demo"])
+    assert cfg.data.data == str(tmp_path / "demo_data")
+    monkeypatch.setattr("retrieval.data.demo.make_demo_dataset", lambda root: root.mkdir())
+    materialize_preset("demo", tmp_path, cfg.data.data)
+    assert (tmp_path / "demo_data").is_dir()
