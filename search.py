@@ -27,27 +27,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", metavar="CLASS", help="remove every gallery image of CLASS")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="flip TTA (off)")
     p.add_argument("--batch_size", type=int, default=64, help="embedding batch size")
+    p.add_argument(
+        "--onnx",
+        help="answer with this ONNX model (python -m retrieval.export) and the saved "
+        "gallery, without PyTorch (images and --pairs only)",
+    )
     p.add_argument("--rebuild_gallery", action="store_true", help="re-embed the gallery")
     return p
 
 
 def _run(args: argparse.Namespace) -> int:
     from retrieval.errors import InputError
-    from retrieval.workspace import open_workspace
 
     if not (args.images or args.pairs or args.enroll or args.remove):
         raise InputError(
             "give image files/folders to identify, --pairs CSV, --enroll PATH or --remove CLASS"
         )
     workdir = Path(args.workdir)
-    ws = open_workspace(
-        workdir,
-        default_checkpoint(workdir, args.checkpoint),
-        tta=args.tta,
-        batch_size=args.batch_size,
-        rebuild=args.rebuild_gallery,
-        device=args.device or "auto",
-    )
+    if args.onnx:
+        ws = _onnx_workspace(args, workdir)
+    else:
+        from retrieval.workspace import open_workspace
+
+        ws = open_workspace(
+            workdir,
+            default_checkpoint(workdir, args.checkpoint),
+            tta=args.tta,
+            batch_size=args.batch_size,
+            rebuild=args.rebuild_gallery,
+            device=args.device or "auto",
+        )
     if args.enroll or args.remove:
         return _change_gallery(ws, args)
     if args.pairs:
@@ -67,6 +76,22 @@ def _run(args: argparse.Namespace) -> int:
     answers = answer_images(ws, args.images, top_k=args.top_k)
     print(render(answers, args.format))
     return 1 if any(a.error for a in answers) else 0
+
+
+def _onnx_workspace(args: argparse.Namespace, workdir: Path):
+    """The torch-free path: an exported model and the gallery the checkpoint saved."""
+    from retrieval.errors import InputError
+    from retrieval.gallery import GALLERY_FOLDER
+    from retrieval.onnx_embed import open_onnx_workspace
+
+    if args.enroll or args.remove or args.rebuild_gallery or args.tta != "none":
+        raise InputError(
+            "--onnx answers images and --pairs from the saved gallery; --enroll, --remove, "
+            "--rebuild_gallery and --tta flip need the checkpoint: run them without --onnx"
+        )
+    return open_onnx_workspace(
+        Path(args.onnx), workdir / GALLERY_FOLDER, batch_size=args.batch_size
+    )
 
 
 def _change_gallery(ws, args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ import numpy as np
 
 from retrieval.errors import InputError
 
+VOTE_TOP_N = 20  # neighbours that vote (SPEC 5.3)
+
 
 @dataclass(frozen=True)
 class Thresholds:

@@ -23,6 +23,7 @@ from retrieval.index import FlatIndex, SearchResult
 from retrieval.io import read_json, write_json_atomic
 
 POINTER = "current.json"
+GALLERY_FOLDER = "gallery"  # <workdir>/gallery
 FORMAT_VERSION = 1
 
 

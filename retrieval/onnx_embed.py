@@ -7,14 +7,19 @@ with onnxruntime. Preprocessing is re-done here in PIL/numpy, pixel for pixel th
 ``retrieval.data.transforms.build_eval_transform`` (tests/test_export.py checks equality), so
 embeddings match the PyTorch path and a gallery built by either can answer the other's queries.
 
-This module imports only numpy, PIL, onnxruntime and torch-free parts of the package.
+``OnnxWorkspace`` pairs an embedder with the gallery saved by the PyTorch path, offering the
+``gallery`` and ``embed`` that ``retrieval.query`` uses, so ``search.py`` can answer from it.
+
+This module imports only numpy, PIL, onnxruntime and torch-free parts of the package (faiss
+too, once a workspace is opened).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +28,10 @@ from PIL import Image
 from retrieval.data.images import load_rgb
 from retrieval.errors import InputError
 from retrieval.io import read_json
+
+if TYPE_CHECKING:
+    from retrieval.data.records import ImageRecord
+    from retrieval.gallery import Gallery
 
 SIDECAR_FORMAT = 1
 SIDECAR_KIND = "retrieval-onnx-embedder"
@@ -172,3 +181,52 @@ class OnnxEmbedder:
         if not chunks:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(chunks))
+
+
+def onnx_gallery_fingerprint(embedder: OnnxEmbedder) -> str:
+    """The fingerprint a gallery embedded by this model carries: the same string as
+    ``retrieval.workspace.gallery_fingerprint(loaded, "none")`` (ONNX embeds without TTA)."""
+    return f"{embedder.fingerprint}:tta=none"
+
+
+@dataclass(frozen=True)
+class OnnxWorkspace:
+    """A saved gallery and the ONNX model it was embedded with, for search without torch.
+
+    Offers what ``retrieval.query.answer_images`` and ``score_pairs_file`` use of a
+    ``Workspace``: ``gallery``, ``tta`` and ``embed(records, desc=..., progress=...)``.
+    """
+
+    embedder: OnnxEmbedder
+    gallery: Gallery
+    batch_size: int = 32
+    tta: str = "none"
+
+    def embed(
+        self, records: Sequence[ImageRecord], *, desc: str = "embedding", progress: bool = True
+    ) -> np.ndarray:
+        """Embed records as the gallery was embedded: (N, D) float32, L2-normalised.
+
+        ``desc`` and ``progress`` are accepted for ``Workspace.embed`` compatibility; no bar.
+        """
+        return self.embedder.embed_paths([r.path for r in records], batch_size=self.batch_size)
+
+
+def open_onnx_workspace(
+    onnx_path: Path, gallery_root: Path, *, batch_size: int = 32
+) -> OnnxWorkspace:
+    """Load the ONNX model and the gallery saved under ``gallery_root`` (``<workdir>/gallery``).
+
+    The gallery must come from the same checkpoint (fingerprints compared) and be built
+    without TTA; it is never rebuilt here, since that needs the training data and PyTorch.
+    """
+    from retrieval.gallery import Gallery, gallery_exists  # faiss: only when searching
+
+    embedder = OnnxEmbedder(onnx_path)
+    if not gallery_exists(gallery_root):
+        raise InputError(
+            f"no saved gallery in {gallery_root}; build it once with the checkpoint "
+            "(python search.py IMAGE or python evaluate.py), then use --onnx"
+        )
+    gallery = Gallery.load(gallery_root, expected_fingerprint=onnx_gallery_fingerprint(embedder))
+    return OnnxWorkspace(embedder=embedder, gallery=gallery, batch_size=batch_size)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retrieval.data.images import load_rgb
 from retrieval.data.records import ImageRecord
 from retrieval.data.scan import IMAGE_EXTENSIONS
-from retrieval.decision import Decision, vote_batch
+from retrieval.decision import VOTE_TOP_N, Decision, vote_batch
 from retrieval.errors import InputError
 from retrieval.open_set import OpenSetCalibration
 from retrieval.pairs import (
@@ -25,7 +26,10 @@ from retrieval.pairs import (
     score_pairs,
     write_submission,
 )
-from retrieval.workspace import VOTE_TOP_N, Workspace
+
+if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
+    from retrieval.onnx_embed import OnnxWorkspace
+    from retrieval.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,9 @@ def _readable(paths: list[Path]) -> tuple[list[Path], list[QueryAnswer]]:
     return good, errors
 
 
-def answer_images(ws: Workspace, inputs: list[str], *, top_k: int = 5) -> list[QueryAnswer]:
+def answer_images(
+    ws: Workspace | OnnxWorkspace, inputs: list[str], *, top_k: int = 5
+) -> list[QueryAnswer]:
     """Top-k matches and the voted decision for every image in ``inputs``."""
     if top_k < 1:
         raise InputError(f"--top_k must be >= 1, got {top_k}")
@@ -117,7 +123,7 @@ def answer_images(ws: Workspace, inputs: list[str], *, top_k: int = 5) -> list[Q
 
 
 def _open_set_check(
-    ws: Workspace, top1_scores: np.ndarray, decisions: list[Decision]
+    ws: Workspace | OnnxWorkspace, top1_scores: np.ndarray, decisions: list[Decision]
 ) -> tuple[list[Decision], list[float | None]]:
     """With an open-set calibration (evaluate.py --open_set), reject probable new individuals
     and attach P(same individual); without one, decisions pass through unchanged."""
@@ -146,7 +152,9 @@ class PairsSummary:
     score_seconds: float
 
 
-def score_pairs_file(ws: Workspace, pairs_csv: Path, images_dir: Path, out: Path) -> PairsSummary:
+def score_pairs_file(
+    ws: Workspace | OnnxWorkspace, pairs_csv: Path, images_dir: Path, out: Path
+) -> PairsSummary:
     """Kaggle Jaguar Re-ID submission: ``row_id,similarity`` for every input row, in order."""
     pairs = read_pairs(pairs_csv)
     names = distinct_images(pairs)

@@ -3,7 +3,7 @@
 Tiny random-init timm models (test_efficientnet; tf_efficientnet_lite0 for TF "same" padding)
 are saved as training saves them, exported, and run through onnxruntime: the embeddings must
 match PyTorch's, preprocessing must match ``build_eval_transform`` pixel for pixel, and the
-ONNX path must work without importing torch.
+ONNX path (gallery search included) must work without importing torch.
 """
 
 import json
@@ -26,9 +26,19 @@ from retrieval.device import plan_runtime, probe_device
 from retrieval.embed import extract_embeddings
 from retrieval.errors import InputError
 from retrieval.export import export_onnx, main
+from retrieval.gallery import Gallery
 from retrieval.inference import load_inference_model
 from retrieval.model.embedder import build_embedding_model
-from retrieval.onnx_embed import OnnxEmbedder, preprocess, read_sidecar, sidecar_path
+from retrieval.onnx_embed import (
+    OnnxEmbedder,
+    onnx_gallery_fingerprint,
+    open_onnx_workspace,
+    preprocess,
+    read_sidecar,
+    sidecar_path,
+)
+from retrieval.query import answer_images
+from retrieval.workspace import Workspace, gallery_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 48
@@ -81,6 +91,35 @@ def noise_images(folder: Path, seed: int) -> list[Path]:
     return paths
 
 
+def torch_embed(checkpoint: Path, paths: list[Path]) -> np.ndarray:
+    """The PyTorch path: load_inference_model + extract_embeddings with the eval transform."""
+    plan = cpu_plan()
+    loaded = load_inference_model(checkpoint, plan)
+    records = [ImageRecord(path=p.resolve(), label="", group=p.stem) for p in paths]
+    return extract_embeddings(
+        loaded.model,
+        records,
+        transform=build_eval_transform(loaded.image_size),
+        plan=plan,
+        batch_size=3,
+        progress=False,
+    )
+
+
+def torch_gallery(checkpoint: Path, paths: list[Path]) -> Gallery:
+    """A gallery of ``paths`` (classes in turn) embedded and fingerprinted as search does."""
+    loaded = load_inference_model(checkpoint, cpu_plan())
+    labels = np.arange(len(paths), dtype=np.int64) % len(CLASSES)
+    return Gallery.build(
+        torch_embed(checkpoint, paths),
+        labels,
+        [str(p.resolve()) for p in paths],
+        class_names=loaded.class_names,
+        fingerprint=gallery_fingerprint(loaded, "none"),
+        use_gpu=False,
+    )
+
+
 def cpu_plan():
     return replace(plan_runtime(probe_device(device="cpu")), num_workers=0)  # no loader procs
 
@@ -104,7 +143,10 @@ def exported(request, tmp_path_factory) -> dict:
     )
     result = export_onnx(checkpoint, root / "model.onnx", opset=17)
     images = noise_images(root / "img", 2)
+    gallery_root = root / "gallery"
+    torch_gallery(checkpoint, images).save(gallery_root)
     return {
+        "gallery_root": gallery_root,
         "checkpoint": checkpoint,
         "checkpoint_pooling": pooling,
         "result": result,
@@ -126,17 +168,7 @@ def test_preprocess_matches_eval_transform_pixel_for_pixel(size, image_size):
 def test_onnx_embeddings_match_pytorch(exported):
     """Same checkpoint, same images: onnxruntime and PyTorch agree (cosine >= 0.999)."""
     paths = exported["images"]
-    plan = cpu_plan()
-    loaded = load_inference_model(exported["checkpoint"], plan)
-    records = [ImageRecord(path=p.resolve(), label="", group=p.stem) for p in paths]
-    want = extract_embeddings(
-        loaded.model,
-        records,
-        transform=build_eval_transform(IMAGE_SIZE),
-        plan=plan,
-        batch_size=3,
-        progress=False,
-    )
+    want = torch_embed(exported["checkpoint"], paths)
     embedder = OnnxEmbedder(exported["result"].onnx_path)
     got = embedder.embed_paths(paths, batch_size=3)  # 8 images: batches of 3, 3 and 2
     assert got.shape == (len(paths), 512) and got.dtype == np.float32
@@ -151,7 +183,9 @@ def test_onnx_embeddings_match_pytorch(exported):
         np.linalg.norm(got_c, axis=1) * np.linalg.norm(want_c, axis=1)
     )
     assert np.min(cosines) >= 0.99
-    assert embedder.fingerprint == loaded.fingerprint
+    assert (
+        embedder.fingerprint == load_inference_model(exported["checkpoint"], cpu_plan()).fingerprint
+    )
     assert exported["result"].min_cosine >= 0.999
 
 
@@ -179,21 +213,28 @@ def test_batch_size_does_not_change_embeddings(exported):
 
 NO_TORCH_SCRIPT = """
 import sys
+from collections import namedtuple
 from pathlib import Path
-from retrieval.onnx_embed import OnnxEmbedder
+from retrieval.onnx_embed import OnnxEmbedder, open_onnx_workspace
+Record = namedtuple("Record", "path")
 embedder = OnnxEmbedder(Path(sys.argv[1]))
-out = embedder.embed_paths([Path(p) for p in sys.argv[2:]], batch_size=2)
+out = embedder.embed_paths([Path(p) for p in sys.argv[3:]], batch_size=2)
+ws = open_onnx_workspace(Path(sys.argv[1]), Path(sys.argv[2]))
+hits = ws.gallery.search(ws.embed([Record(Path(p)) for p in sys.argv[3:]]), 1)
 heavy = sorted(m for m in ("torch", "torchvision", "timm") if m in sys.modules)
-print(out.shape[0], out.shape[1], embedder.fingerprint, ",".join(heavy) or "none")
+top1 = ",".join(row[0] for row in hits.paths)
+print(out.shape[0], out.shape[1], embedder.fingerprint, ",".join(heavy) or "none", top1)
 """
 
 
 def test_onnx_path_never_imports_torch(exported):
-    """A fresh interpreter embeds images through ONNX with torch, torchvision, timm unloaded."""
-    paths = [str(p) for p in exported["images"][:3]]
+    """A fresh interpreter embeds images through ONNX and searches the saved gallery with
+    torch, torchvision and timm never imported."""
+    paths = [str(p.resolve()) for p in exported["images"][:3]]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    onnx_path, gallery_root = str(exported["result"].onnx_path), str(exported["gallery_root"])
     done = subprocess.run(
-        [sys.executable, "-c", NO_TORCH_SCRIPT, str(exported["result"].onnx_path), *paths],
+        [sys.executable, "-c", NO_TORCH_SCRIPT, onnx_path, gallery_root, *paths],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -201,10 +242,43 @@ def test_onnx_path_never_imports_torch(exported):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    rows, dim, fingerprint, heavy = done.stdout.split()
+    rows, dim, fingerprint, heavy, top1 = done.stdout.split()
     assert (int(rows), int(dim)) == (3, 512)
     assert fingerprint == exported["result"].sidecar["fingerprint"]
     assert heavy == "none"
+    assert top1.split(",") == paths  # each gallery image finds itself first
+
+
+def test_onnx_workspace_answers_like_the_pytorch_one(exported):
+    """answer_images on the saved gallery: same top matches and scores as with PyTorch."""
+    plan = cpu_plan()
+    loaded = load_inference_model(exported["checkpoint"], plan)
+    root = exported["gallery_root"]
+    torch_ws = Workspace(root.parent, plan, loaded, Gallery.load(root), "none", 4)
+    onnx_ws = open_onnx_workspace(exported["result"].onnx_path, root, batch_size=4)
+    assert onnx_gallery_fingerprint(onnx_ws.embedder) == gallery_fingerprint(loaded, "none")
+    queries = [str(p.resolve()) for p in exported["images"]]
+    want = answer_images(torch_ws, queries, top_k=3)
+    got = answer_images(onnx_ws, queries, top_k=3)
+    for query, a, b in zip(queries, got, want, strict=True):
+        assert a.error is None and a.matches[0].path == b.matches[0].path == query
+        assert a.class_name == b.class_name
+        # Cosine scores, not distances: sqrt(2 - 2 cos) turns a 1e-7 difference near a
+        # self-match into 3e-4 (PyTorch itself differs that much across batch sizes).
+        want_scores = {m.path: m.score for m in b.matches}
+        for m in a.matches:
+            if m.path in want_scores:
+                assert m.score == pytest.approx(want_scores[m.path], abs=1e-5)
+
+
+def test_onnx_workspace_needs_the_matching_saved_gallery(exported, tmp_path):
+    onnx_path = exported["result"].onnx_path
+    with pytest.raises(InputError, match="no saved gallery"):
+        open_onnx_workspace(onnx_path, tmp_path / "gallery")
+    other = write_checkpoint(tmp_path / "other.pt", "test_efficientnet", image_size=32, seed=9)
+    torch_gallery(other, exported["images"][:3]).save(tmp_path / "gallery")
+    with pytest.raises(InputError, match="another checkpoint"):
+        open_onnx_workspace(onnx_path, tmp_path / "gallery")
 
 
 def test_sidecar_of_another_export_is_refused(exported, tmp_path):
@@ -254,3 +328,31 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
     assert len(err.strip().splitlines()) == 1 and message in err
     assert err.startswith("python -m retrieval.export: error:")
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "model.onnx").exists()
+
+
+def test_search_cli_answers_with_onnx_without_torch(exported):
+    """`search.py --onnx` in a fresh interpreter: answers from the saved gallery, no torch."""
+    workdir = exported["gallery_root"].parent  # the gallery lives at <workdir>/gallery
+    query = str(exported["images"][0].resolve())
+    script = (
+        "import json, sys, io, contextlib\n"
+        "import search\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    code = search.main(sys.argv[1:])\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'timm') if m in sys.modules]\n"
+        "print(json.dumps({'code': code, 'heavy': heavy, 'answers': json.loads(out.getvalue())}))\n"
+    )
+    argv = ["--onnx", str(exported["result"].onnx_path), "--workdir", str(workdir)]
+    done = subprocess.run(
+        [sys.executable, "-c", script, query, *argv, "--format", "json"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0 and result["heavy"] == []
+    assert result["answers"][0]["matches"][0]["path"] == query
