@@ -25,7 +25,8 @@ from retrieval.errors import InputError
 
 DEFAULT_CHUNK_ROWS = 256
 ELEMENT_BUDGET = 1 << 20  # elements held at once by one vectorised step (8 MB as float64)
-TRIPLET_BUDGET = 1 << 20  # (query, shared column, other item) triplets per Jaccard block
+QUERY_BLOCK_ROWS = 256  # query rows that share one pass over the gallery in a top-k search
+TRIPLET_BUDGET = 1 << 19  # (query, shared column, other item) triplets per Jaccard block
 METHODS = {"none": (), "qe": ("k", "alpha"), "kr": ("k1", "k2", "lambda_value", "chunk")}
 
 
@@ -44,8 +45,8 @@ class _Csr(NamedTuple):
     """Sparse rows: row r holds columns indices[indptr[r]:indptr[r+1]] with values data[...]."""
 
     indptr: np.ndarray  # (R+1,) int64
-    indices: np.ndarray  # (nnz,) int64
-    data: np.ndarray  # (nnz,) float64
+    indices: np.ndarray  # (nnz,) int32 (int64 past 2^31 rows)
+    data: np.ndarray  # (nnz,) float32, as the paper's V
 
 
 def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
@@ -87,12 +88,8 @@ def _is_number(value: Any) -> bool:
 def _check_kr(k1: int, k2: int, lambda_value: float, chunk: int) -> tuple[int, int, float, int]:
     if not (_is_number(lambda_value) and 0.0 <= lambda_value <= 1.0):
         raise InputError(f"lambda_value must be a number in [0, 1], got {lambda_value!r}")
-    return (
-        _int_at_least(k1, "k1", 1),
-        _int_at_least(k2, "k2", 1),
-        float(lambda_value),
-        _int_at_least(chunk, "chunk", 1),
-    )
+    k1, k2 = _int_at_least(k1, "k1", 1), _int_at_least(k2, "k2", 1)
+    return k1, k2, float(lambda_value), _int_at_least(chunk, "chunk", 1)
 
 
 def _top_k_cosine(
@@ -100,29 +97,46 @@ def _top_k_cosine(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows of b for each row of a: scores (n, k) float32 descending, indices (n, k) int64.
 
-    exclude_self: a is b, and row i never picks itself. Ties go to the lower index.
+    Blocks of QUERY_BLOCK_ROWS rows of a meet blocks of b, keeping a running top-k, so each
+    gallery block is read once per query block. exclude_self: a is b, and row i never picks
+    itself. The order of exactly tied scores is unspecified.
     """
-    out_s = np.empty((a.shape[0], k), dtype=np.float32)
-    out_i = np.empty((a.shape[0], k), dtype=np.int64)
-    rows = max(1, ELEMENT_BUDGET // b.shape[0])
-    for start in range(0, a.shape[0], rows):
-        stop = min(start + rows, a.shape[0])
-        sims = a[start:stop] @ b.T  # (c, G)
-        if exclude_self:
-            sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        vals = np.take_along_axis(sims, part, axis=1)
-        order = np.lexsort((part, -vals), axis=-1)
-        out_s[start:stop] = np.take_along_axis(vals, order, axis=1)
-        out_i[start:stop] = np.take_along_axis(part, order, axis=1)
+    n, g = a.shape[0], b.shape[0]
+    out_s = np.empty((n, k), dtype=np.float32)
+    out_i = np.empty((n, k), dtype=np.int64)
+    cols = max(k, ELEMENT_BUDGET // QUERY_BLOCK_ROWS)
+    for r0 in range(0, n, QUERY_BLOCK_ROWS):
+        r1 = min(r0 + QUERY_BLOCK_ROWS, n)
+        best_s = np.empty((r1 - r0, 0), dtype=np.float32)
+        best_i = np.empty((r1 - r0, 0), dtype=np.int64)
+        for c0 in range(0, g, cols):
+            c1 = min(c0 + cols, g)
+            sims = a[r0:r1] @ b[c0:c1].T  # (rows, cols)
+            if exclude_self:
+                own = np.arange(max(r0, c0), min(r1, c1))
+                sims[own - r0, own - c0] = -np.inf
+            pool_s = np.concatenate([best_s, sims], axis=1)
+            pool_i = np.concatenate([best_i, np.broadcast_to(np.arange(c0, c1), sims.shape)], 1)
+            keep = np.argpartition(-pool_s, k - 1, axis=1)[:, :k]
+            best_s = np.take_along_axis(pool_s, keep, axis=1)
+            best_i = np.take_along_axis(pool_i, keep, axis=1)
+        order = np.lexsort((best_i, -best_s), axis=-1)
+        out_s[r0:r1] = np.take_along_axis(best_s, order, axis=1)
+        out_i[r0:r1] = np.take_along_axis(best_i, order, axis=1)
     return out_s, out_i
 
 
-def _expand(x: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, alpha: float) -> np.ndarray:
-    """Unit rows of x + sum_j max(score_j, 0)^alpha * neighbour_j: (n, D) float32."""
+def _expanded_rows(x: np.ndarray, g: np.ndarray, k: int, alpha: float, exclude: bool) -> np.ndarray:
+    """Rows of x (n, D) plus sum_j max(cos_j, 0)^alpha * neighbour j in g: (n, D) float32 unit."""
+    scores, idx = _top_k_cosine(x, g, k, exclude_self=exclude)
     weights = np.maximum(scores, 0.0).astype(np.float64) ** alpha  # (n, k)
-    summed = x.astype(np.float64) + np.einsum("nk,nkd->nd", weights, neighbours)
-    return (summed / np.linalg.norm(summed, axis=1, keepdims=True)).astype(np.float32)
+    out = np.empty_like(x)
+    rows = max(1, ELEMENT_BUDGET // (k * g.shape[1]))
+    for start in range(0, x.shape[0], rows):
+        stop = start + rows
+        summed = x[start:stop] + np.einsum("nk,nkd->nd", weights[start:stop], g[idx[start:stop]])
+        out[start:stop] = summed / np.linalg.norm(summed, axis=1, keepdims=True)
+    return out
 
 
 def _check_qe(k: int, alpha: float, n_available: int, what: str) -> int:
@@ -143,15 +157,7 @@ def alpha_query_expansion(
     """
     q, g = _pair(queries, gallery)
     k = _check_qe(k, alpha, g.shape[0], "the gallery")
-    if k == 0:
-        return q
-    rows = max(1, ELEMENT_BUDGET // (k * g.shape[1]))
-    out = np.empty_like(q)
-    for start in range(0, q.shape[0], rows):
-        part = q[start : start + rows]
-        scores, idx = _top_k_cosine(part, g, k)
-        out[start : start + rows] = _expand(part, g[idx], scores, float(alpha))
-    return out
+    return q if k == 0 else _expanded_rows(q, g, k, float(alpha), exclude=False)
 
 
 def database_augmentation(gallery: np.ndarray, *, k: int = 2, alpha: float = 3.0) -> np.ndarray:
@@ -163,29 +169,12 @@ def database_augmentation(gallery: np.ndarray, *, k: int = 2, alpha: float = 3.0
     """
     g = _unit_rows(gallery, "gallery")
     k = _check_qe(k, alpha, g.shape[0] - 1, "the rest of the gallery")
-    if k == 0:
-        return g
-    rows = max(1, ELEMENT_BUDGET // max(g.shape[0], k * g.shape[1]))
-    out = np.empty_like(g)
-    for start in range(0, g.shape[0], rows):
-        stop = min(start + rows, g.shape[0])
-        sims = g[start:stop] @ g.T
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        scores = np.take_along_axis(sims, part, axis=1)
-        out[start:stop] = _expand(g[start:stop], g[part], scores, float(alpha))
-    return out
-
-
-# --- k-reciprocal re-ranking ---------------------------------------------------------------
+    return g if k == 0 else _expanded_rows(g, g, k, float(alpha), exclude=True)
 
 
 def _neighbours_and_row_max(x: np.ndarray, width: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest `width` items of every row (self included) and each row's largest squared L2.
-
-    x: (N, D) unit rows. Returns neighbours (N, width) int64 ascending by distance, and
-    row_max (N,) float64. Memory: one (chunk, N) block at a time.
-    """
+    """Nearest `width` items of each row of x (N, D) (self included), in one (chunk, N) block at
+    a time: neighbours (N, width) int64 by ascending distance, row_max (N,) largest squared L2."""
     n = x.shape[0]
     neighbours = np.empty((n, width), dtype=np.int64)
     row_max = np.empty(n, dtype=np.float64)
@@ -232,7 +221,8 @@ def _sum_by_cell(
 def _to_csr(n_rows: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> _Csr:
     """CSR from entries already sorted by row."""
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))])
-    return _Csr(indptr.astype(np.int64), cols.astype(np.int64), vals.astype(np.float64))
+    small = np.int32 if n_rows < np.iinfo(np.int32).max else np.int64  # halves the memory
+    return _Csr(indptr.astype(np.int64), cols.astype(small), vals.astype(np.float32))
 
 
 def _pair_cosines(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -289,12 +279,11 @@ def _local_expansion(v: _Csr, neighbours: np.ndarray, k2: int) -> _Csr:
 
 
 def _shared_mass(v: _Csr, rows: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
-    """Jaccard numerators sum_k min(V[i, k], V[j, k]) of the given rows i with every j != 0.
-
-    Yields (positions in rows, j, mass) per block, through an inverted index (the transpose).
-    """
+    """Jaccard numerators sum_k min(V[i, k], V[j, k]) of the given rows i and every j sharing
+    a column with i, found through the inverted index (V's transpose). Yields (positions in
+    rows, j, mass) per block of at most about TRIPLET_BUDGET (i, k, j) triplets."""
     n = v.indptr.size - 1
-    owners = np.repeat(np.arange(n), np.diff(v.indptr))
+    owners = np.repeat(np.arange(n, dtype=v.indices.dtype), np.diff(v.indptr))
     order = np.argsort(v.indices, kind="stable")
     by_col = _to_csr(n, v.indices[order], owners[order], v.data[order])
     col_len = np.diff(by_col.indptr)
@@ -313,20 +302,10 @@ def _shared_mass(v: _Csr, rows: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
         start = stop
 
 
-def _jaccard_fill(
-    dist: np.ndarray, pos: np.ndarray, cols: np.ndarray, mass: np.ndarray, lam: float
-) -> None:
-    """Replace the Jaccard term 1 (nothing shared) by 1 - m / (2 - m) in place."""
-    dist[pos, cols] -= ((1.0 - lam) * mass / (2.0 - mass)).astype(dist.dtype)
-
-
 def _k_reciprocal_block(
     x: np.ndarray, n_query: int, col_start: int, k1: int, k2: int, lam: float, chunk: int
 ) -> np.ndarray:
-    """Final distances of rows 0..n_query-1 of x against rows col_start.. of x.
-
-    x: (N, D) unit rows, queries first. Returns (n_query, N - col_start) float32.
-    """
+    """Distances of rows :n_query of x (N, D) to its rows col_start: (n_query, N - col_start)."""
     n = x.shape[0]
     neighbours, row_max = _neighbours_and_row_max(x, min(max(k1 + 1, k2), n), chunk)
     v = _local_expansion(_encoding(x, neighbours, row_max, k1), neighbours, k2)
@@ -336,8 +315,8 @@ def _k_reciprocal_block(
         d2 = np.maximum(0.0, 2.0 - 2.0 * (x[start:stop] @ x[col_start:].T))
         dist[start:stop] = lam * d2 / row_max[start:stop, None] + (1.0 - lam)
     for pos, cols, mass in _shared_mass(v, np.arange(n_query)):
-        keep = cols >= col_start
-        _jaccard_fill(dist, pos[keep], cols[keep] - col_start, mass[keep], lam)
+        keep = cols >= col_start  # Jaccard distance 1 (nothing shared) -> 1 - m / (2 - m)
+        dist[pos[keep], cols[keep] - col_start] -= (1.0 - lam) * mass[keep] / (2.0 - mass[keep])
     return dist
 
 
@@ -387,7 +366,7 @@ def _rerank_pools(q: np.ndarray, pool: np.ndarray, k1: int, k2: int, lam: float)
     for pos, cols, mass in _shared_mass(v, query_rows):
         in_pool = cols - query_rows[pos] - 1
         keep = in_pool >= 0  # drops the query itself
-        _jaccard_fill(dist, pos[keep], in_pool[keep], mass[keep], lam)
+        dist[pos[keep], in_pool[keep]] -= (1.0 - lam) * mass[keep] / (2.0 - mass[keep])
     return dist
 
 
@@ -409,22 +388,22 @@ def k_reciprocal_topk(
     O(Q * top_k^2 * D) for the pools, fine for a gallery of millions. Neighbours outside the pool
     are not seen, so with top_k < G this approximates :func:`k_reciprocal_rerank`.
     query: (Q, D), gallery: (G, D), normalised here; top_k is clipped to G.
-    Memory: one (chunk, G) block of scores, pools of (B, top_k+1, top_k+1) with
-    B * (top_k+1)^2 <= ELEMENT_BUDGET, and the (Q, top_k) result.
+    Memory: score blocks of ELEMENT_BUDGET, pools of B <= chunk queries with
+    B * (top_k+1) * max(top_k+1, D) <= ELEMENT_BUDGET, and the (Q, top_k) result.
     """
     q, g = _pair(query, gallery)
     top = min(_int_at_least(top_k, "top_k", 1), g.shape[0])
     k1, k2, lam, chunk = _check_kr(k1, k2, lambda_value, chunk)
     distances = np.empty((q.shape[0], top), dtype=np.float32)
     indices = np.empty((q.shape[0], top), dtype=np.int64)
+    _, candidates = _top_k_cosine(q, g, top)  # (Q, top)
     batch = max(1, min(chunk, ELEMENT_BUDGET // ((top + 1) * max(top + 1, g.shape[1]))))
     for start in range(0, q.shape[0], batch):
         stop = min(start + batch, q.shape[0])
-        _, candidates = _top_k_cosine(q[start:stop], g, top)
-        dist = _rerank_pools(q[start:stop], g[candidates], k1, k2, lam)
+        dist = _rerank_pools(q[start:stop], g[candidates[start:stop]], k1, k2, lam)
         order = np.argsort(dist, axis=1, kind="stable")
         distances[start:stop] = np.take_along_axis(dist, order, axis=1)
-        indices[start:stop] = np.take_along_axis(candidates, order, axis=1)
+        indices[start:stop] = np.take_along_axis(candidates[start:stop], order, axis=1)
     return RerankResult(distances=distances, indices=indices)
 
 

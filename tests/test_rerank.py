@@ -194,14 +194,28 @@ def test_k_reciprocal_matches_the_paper_code(n_query, n_gallery, k1, k2, lambda_
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_k_reciprocal_does_not_depend_on_the_block_sizes(monkeypatch) -> None:
+def _all_methods(q: np.ndarray, g: np.ndarray, chunk: int) -> list[np.ndarray]:
+    top = k_reciprocal_topk(q, g, top_k=20, k1=6, k2=3, chunk=chunk)
+    return [
+        k_reciprocal_rerank(q, g, k1=10, k2=4, chunk=chunk),
+        top.distances,
+        top.indices,
+        alpha_query_expansion(q, g, k=3),
+        database_augmentation(g, k=4),
+        rerank_similarity_matrix(g, method="kr", k1=5, k2=2, chunk=chunk),
+    ]
+
+
+def test_results_do_not_depend_on_the_block_sizes(monkeypatch) -> None:
     rng = np.random.default_rng(3)
     q, g = _unit(rng.standard_normal((7, 12))), _unit(rng.standard_normal((50, 12)))
-    big = k_reciprocal_rerank(q, g, k1=10, k2=4, chunk=1000)
-    monkeypatch.setattr(rerank_module, "ELEMENT_BUDGET", 50)  # forces one-row blocks everywhere
+    big = _all_methods(q, g, chunk=1000)
+    # One-row (or few-row) blocks everywhere, diagonal exclusion across gallery blocks included.
+    monkeypatch.setattr(rerank_module, "ELEMENT_BUDGET", 50)
     monkeypatch.setattr(rerank_module, "TRIPLET_BUDGET", 50)
-    small = k_reciprocal_rerank(q, g, k1=10, k2=4, chunk=1)
-    np.testing.assert_allclose(small, big, atol=1e-6)
+    monkeypatch.setattr(rerank_module, "QUERY_BLOCK_ROWS", 3)
+    for small, expected in zip(_all_methods(q, g, chunk=1), big, strict=True):
+        np.testing.assert_allclose(small, expected, atol=1e-6)
 
 
 def test_similarity_matrix_kr_matches_the_paper_code_on_the_set_itself() -> None:
