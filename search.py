@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", help="CSV row_id,query_image,gallery_image to score")
     p.add_argument("--images", dest="images_dir", help="folder of the pairs' images")
     p.add_argument("--out", default="submission.csv", help="where the pairs scores go")
+    p.add_argument(
+        "--rerank",
+        choices=["none", "qe", "kr"],
+        default="none",
+        help="pairs: re-rank the test-vs-test matrix (query expansion / k-reciprocal)",
+    )
     p.add_argument("--enroll", help="add a folder {class}/{ID}_{seq}.jpg or a manifest")
     p.add_argument("--image_root", help="folder the --enroll manifest's files are in")
     p.add_argument("--remove", metavar="CLASS", help="remove every gallery image of CLASS")
@@ -64,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
 
         pairs = Path(args.pairs)
         images_dir = Path(args.images_dir) if args.images_dir else pairs.parent / "test"
-        summary = score_pairs_file(ws, pairs, images_dir, Path(args.out))
+        summary = score_pairs_file(ws, pairs, images_dir, Path(args.out), rerank=args.rerank)
         print(
             f"wrote {args.out}: {summary.rows} pairs over {summary.images} images "
             f"(embedding {summary.embed_seconds:.1f} s, scoring {summary.score_seconds:.2f} s)"

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--tta", choices=["none", "flip"], default="none")
+    p.add_argument("--rerank", choices=["none", "qe", "kr"], default="none")
     args = p.parse_args(argv)
 
     import pandas as pd
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     pairs_csv, submission = results / "holdout_pairs.csv", results / "holdout_submission.csv"
     pairs.to_csv(pairs_csv, index=False)
-    summary = score_pairs_file(ws, pairs_csv, images_dir, submission)
+    summary = score_pairs_file(ws, pairs_csv, images_dir, submission, rerank=args.rerank)
     similarity = pd.read_csv(submission)["similarity"].to_numpy()
     ib_map, per_identity = identity_balanced_map(pairs, similarity, labels)
     result = {
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "identity_balanced_map": round(ib_map, 4),
         "worst_identity_ap": round(min(per_identity.values()), 4),
         "tta": args.tta,
+        "rerank": args.rerank,
     }
     print(json.dumps(result, indent=2))
     return 0

@@ -24,8 +24,10 @@ from retrieval.pairs import (
     missing_images,
     read_pairs,
     score_pairs,
+    score_pairs_from_matrix,
     write_submission,
 )
+from retrieval.rerank import rerank_similarity_matrix
 
 if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
     from retrieval.onnx_embed import OnnxWorkspace
@@ -153,9 +155,18 @@ class PairsSummary:
 
 
 def score_pairs_file(
-    ws: Workspace | OnnxWorkspace, pairs_csv: Path, images_dir: Path, out: Path
+    ws: Workspace | OnnxWorkspace,
+    pairs_csv: Path,
+    images_dir: Path,
+    out: Path,
+    *,
+    rerank: str = "none",
 ) -> PairsSummary:
-    """Kaggle Jaguar Re-ID submission: ``row_id,similarity`` for every input row, in order."""
+    """Kaggle Jaguar Re-ID submission: ``row_id,similarity`` for every input row, in order.
+
+    ``rerank``: "qe" (alpha query expansion) or "kr" (k-reciprocal) re-scores the test-vs-test
+    similarity matrix of the distinct images before the pairs are read off it.
+    """
     pairs = read_pairs(pairs_csv)
     names = distinct_images(pairs)
     missing = missing_images(names, images_dir)
@@ -171,6 +182,10 @@ def score_pairs_file(
     started = time.perf_counter()
     embeddings = ws.embed(records, desc="pair images")
     embedded = time.perf_counter()
-    similarity = score_pairs(pairs, names, embeddings)
+    if rerank == "none":
+        similarity = score_pairs(pairs, names, embeddings)
+    else:
+        matrix = rerank_similarity_matrix(embeddings, method=rerank)
+        similarity = score_pairs_from_matrix(pairs, names, matrix)
     write_submission(out, pairs["row_id"].tolist(), np.asarray(similarity))
     return PairsSummary(len(pairs), len(names), embedded - started, time.perf_counter() - embedded)

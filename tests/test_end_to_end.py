@@ -112,14 +112,19 @@ def test_pairs_submission_keeps_rows_and_order(trained, tmp_path):
         writer = csv.writer(handle)
         writer.writerow(["row_id", "query_image", "gallery_image"])
         writer.writerows(rows)
-    out = tmp_path / "submission.csv"
-    argv = ["--pairs", str(pairs), "--images", str(folder), "--out", str(out)]
-    assert search.main([*argv, "--workdir", str(workdir)]) == 0
-    with out.open() as handle:
-        got = list(csv.DictReader(handle))
-    assert [r["row_id"] for r in got] == [r[0] for r in rows]
-    self_scores = [float(g["similarity"]) for g, r in zip(got, rows, strict=True) if r[1] == r[2]]
-    assert all(s == pytest.approx(1.0, abs=1e-4) for s in self_scores)
+    for rerank in ("none", "qe", "kr"):
+        out = tmp_path / f"submission_{rerank}.csv"
+        argv = ["--pairs", str(pairs), "--images", str(folder), "--out", str(out)]
+        assert search.main([*argv, "--workdir", str(workdir), "--rerank", rerank]) == 0
+        with out.open() as handle:
+            got = list(csv.DictReader(handle))
+        assert [r["row_id"] for r in got] == [r[0] for r in rows]
+        scores = [float(g["similarity"]) for g in got]
+        self_scores = [s for s, r in zip(scores, rows, strict=True) if r[1] == r[2]]
+        other = [s for s, r in zip(scores, rows, strict=True) if r[1] != r[2]]
+        assert min(self_scores) >= max(other) - 1e-6  # an image is most similar to itself
+        if rerank == "none":
+            assert all(s == pytest.approx(1.0, abs=1e-4) for s in self_scores)
 
 
 def test_pairs_with_missing_images_lists_them(trained, tmp_path, capsys):
