@@ -15,7 +15,7 @@ from retrieval.config import RunConfig
 from retrieval.data.images import check_images
 from retrieval.data.scan import load_records
 from retrieval.errors import InputError
-from retrieval.workspace import GALLERY_FOLDER, Workspace
+from retrieval.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> En
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
     )
-    ws.gallery.save(ws.workdir / GALLERY_FOLDER)
+    ws.gallery.save(ws.gallery_root)
     return EnrollSummary(
         added=len(fresh),
         new_classes=new_classes,
@@ -75,7 +75,7 @@ def remove(ws: Workspace, class_name: str) -> int:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
     )
-    ws.gallery.save(ws.workdir / GALLERY_FOLDER)
+    ws.gallery.save(ws.gallery_root)
     return removed
 
 

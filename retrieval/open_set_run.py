@@ -23,7 +23,7 @@ from retrieval.open_set import (
     simulate_open_set,
 )
 from retrieval.open_set_report import OpenSetReport, open_set_report
-from retrieval.workspace import GALLERY_FOLDER, VOTE_TOP_N, Workspace
+from retrieval.workspace import VOTE_TOP_N, Workspace
 
 CAVEAT = (
     "the held-out classes were seen in training, so these figures are optimistic; "
@@ -106,5 +106,5 @@ def save_open_set(ws: Workspace, run: OpenSetRun, *, split: str, results: Path, 
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
     )
-    ws.gallery.save(ws.workdir / GALLERY_FOLDER)
+    ws.gallery.save(ws.gallery_root)
     return path

@@ -33,6 +33,10 @@ class Workspace:
     tta: str
     batch_size: int
 
+    @property
+    def gallery_root(self) -> Path:
+        return gallery_root(self.workdir, self.tta)
+
     def embed(
         self, records, *, desc: str = "embedding", progress: bool = True, timer=None
     ) -> np.ndarray:
@@ -55,6 +59,11 @@ def inference_plan(device: str = "auto") -> RuntimePlan:
     plan = plan_runtime(probe_device(device=device))
     apply_runtime(plan)
     return plan
+
+
+def gallery_root(workdir: Path, tta: str) -> Path:
+    """``<workdir>/gallery``; a flip-TTA gallery lives beside it, so neither replaces the other."""
+    return workdir / (GALLERY_FOLDER if tta == "none" else f"{GALLERY_FOLDER}_tta_{tta}")
 
 
 def gallery_fingerprint(loaded: LoadedModel, tta: str) -> str:
@@ -149,7 +158,7 @@ def open_workspace(
     """Load the model and its gallery, building (and saving) the gallery when needed."""
     plan = inference_plan(device)
     loaded = load_inference_model(checkpoint, plan)
-    root = workdir / GALLERY_FOLDER
+    root = gallery_root(workdir, tta)
     if gallery_exists(root) and not rebuild:
         gallery = Gallery.load(root, expected_fingerprint=gallery_fingerprint(loaded, tta))
     else:

@@ -150,3 +150,14 @@ def test_prepare_only_prints_the_split_report(tiny_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train" in out and "val" in out and "test" in out
     assert (tmp_path / "w" / "splits" / "train_ids.json").is_file()
+
+
+def test_flip_tta_gets_its_own_gallery_beside_the_plain_one(trained):
+    _, workdir = trained
+    plain = (workdir / "gallery" / "current.json").read_text()
+    argv = ["--split", "val", "--workdir", str(workdir), "--tta", "flip", "--figures=false"]
+    assert evaluate.main(argv) == 0
+    assert (workdir / "gallery_tta_flip" / "current.json").is_file()
+    assert (workdir / "gallery" / "current.json").read_text() == plain
+    metrics = json.loads((workdir / "results" / "val_metrics.json").read_text())
+    assert metrics["tta"] == "flip"
