@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.cli import add_bool_flag, add_workdir_args, cli_main, default_checkpoint
+from retrieval.cli import add_bool_flag, add_workdir_args, cli_main, workspace_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,19 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from retrieval.evaluation import evaluate_split, format_report, write_outputs
-    from retrieval.workspace import open_workspace, prepare_for
+    from retrieval.workspace import prepare_for
 
     workdir = Path(args.workdir)
-    ws = open_workspace(
-        workdir,
-        default_checkpoint(workdir, args.checkpoint),
-        tta=args.tta,
-        batch_size=args.batch_size,
-        data=args.data,
-        image_root=args.image_root,
-        rebuild=args.rebuild_gallery,
-        device=args.device or "auto",
-    )
+    ws = workspace_from_args(args, data=args.data, image_root=args.image_root)
     prepared = prepare_for(ws.loaded, workdir, data=args.data, image_root=args.image_root)
     queries = prepared.val if args.split == "val" else prepared.test
     report, arrays = evaluate_split(ws, queries, split=args.split)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.cli import add_workdir_args, cli_main, default_checkpoint
+from retrieval.cli import add_workdir_args, cli_main, workspace_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,19 +50,7 @@ def _run(args: argparse.Namespace) -> int:
             "give image files/folders to identify, --pairs CSV, --enroll PATH or --remove CLASS"
         )
     workdir = Path(args.workdir)
-    if args.onnx:
-        ws = _onnx_workspace(args, workdir)
-    else:
-        from retrieval.workspace import open_workspace
-
-        ws = open_workspace(
-            workdir,
-            default_checkpoint(workdir, args.checkpoint),
-            tta=args.tta,
-            batch_size=args.batch_size,
-            rebuild=args.rebuild_gallery,
-            device=args.device or "auto",
-        )
+    ws = _onnx_workspace(args, workdir) if args.onnx else workspace_from_args(args)
     if args.enroll or args.remove:
         return _change_gallery(ws, args)
     if args.pairs:

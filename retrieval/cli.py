@@ -58,6 +58,22 @@ def default_checkpoint(workdir: str | Path, checkpoint: str | None) -> Path:
     return Path(workdir) / "checkpoints" / "best_model.pt"
 
 
+def workspace_from_args(args: argparse.Namespace, **extra):
+    """The model and gallery that ``evaluate.py`` and ``search.py`` flags name."""
+    from retrieval.workspace import open_workspace
+
+    workdir = Path(args.workdir)
+    return open_workspace(
+        workdir,
+        default_checkpoint(workdir, args.checkpoint),
+        tta=args.tta,
+        batch_size=args.batch_size,
+        rebuild=args.rebuild_gallery,
+        device=args.device or "auto",
+        **extra,
+    )
+
+
 def cli_main(
     prog: str,
     build_parser: Callable[[], argparse.ArgumentParser],

