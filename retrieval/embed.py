@@ -27,7 +27,8 @@ TTA_MODES = ("none", "flip")
 @dataclass
 class EmbedTimer:
     """Steady-state throughput of an extraction: images and seconds after the first batch
-    (data-loader start-up excluded, so the figure describes the model and pipeline)."""
+    (data-loader start-up excluded, so the figure describes the model and pipeline). With a
+    single batch there is no steady state, and the whole extraction is timed."""
 
     images: int = 0
     seconds: float = 0.0
@@ -81,15 +82,20 @@ def extract_embeddings(
         persistent_workers=False,
     )
     chunks = []
-    started = None
+    began, started, steady = time.perf_counter(), None, 0
     for images, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         chunks.append(embed_batch(model, images, plan=plan, tta=tta).numpy())
         if started is None:
             started = time.perf_counter()
-        elif timer is not None:
-            timer.images += len(images)
+        else:
+            steady += len(images)
     if timer is not None and started is not None:
-        timer.seconds += time.perf_counter() - started
+        if steady:
+            timer.images += steady
+            timer.seconds += time.perf_counter() - started
+        else:  # a single batch: no steady state to time, so start-up is included
+            timer.images += len(records)
+            timer.seconds += time.perf_counter() - began
     model.train(was_training)
     if not chunks:
         return np.zeros((0, getattr(model, "embedding_dim", 0)), dtype=np.float32)

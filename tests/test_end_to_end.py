@@ -161,3 +161,29 @@ def test_flip_tta_gets_its_own_gallery_beside_the_plain_one(trained):
     assert (workdir / "gallery" / "current.json").read_text() == plain
     metrics = json.loads((workdir / "results" / "val_metrics.json").read_text())
     assert metrics["tta"] == "flip"
+
+
+def test_embed_timer_counts_a_single_batch_too(trained):
+    from retrieval.data.scan import scan_folder
+    from retrieval.embed import EmbedTimer
+    from retrieval.workspace import inference_plan, load_inference_model
+
+    data, workdir = trained
+    plan = inference_plan("cpu")
+    loaded = load_inference_model(workdir / "checkpoints" / "best_model.pt", plan)
+    records = scan_folder(data)[:3]
+    from retrieval.data.transforms import build_eval_transform
+    from retrieval.embed import extract_embeddings
+
+    for batch_size, expected in ((64, 3), (1, 2)):  # one batch; three batches (first untimed)
+        timer = EmbedTimer()
+        extract_embeddings(
+            loaded.model,
+            records,
+            transform=build_eval_transform(loaded.image_size),
+            plan=plan,
+            batch_size=batch_size,
+            progress=False,
+            timer=timer,
+        )
+        assert timer.images == expected and timer.images_per_s > 0
