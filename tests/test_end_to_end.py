@@ -165,16 +165,15 @@ def test_flip_tta_gets_its_own_gallery_beside_the_plain_one(trained):
 
 def test_embed_timer_counts_a_single_batch_too(trained):
     from retrieval.data.scan import scan_folder
-    from retrieval.embed import EmbedTimer
-    from retrieval.workspace import inference_plan, load_inference_model
+    from retrieval.data.transforms import build_eval_transform
+    from retrieval.embed import EmbedTimer, extract_embeddings
+    from retrieval.inference import load_inference_model
+    from retrieval.workspace import inference_plan
 
     data, workdir = trained
     plan = inference_plan("cpu")
     loaded = load_inference_model(workdir / "checkpoints" / "best_model.pt", plan)
     records = scan_folder(data)[:3]
-    from retrieval.data.transforms import build_eval_transform
-    from retrieval.embed import extract_embeddings
-
     for batch_size, expected in ((64, 3), (1, 2)):  # one batch; three batches (first untimed)
         timer = EmbedTimer()
         extract_embeddings(
