@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--margin", type=float, help="ArcFace margin in RADIANS (default 0.5)")
     p.add_argument("--scale", type=float, help="ArcFace scale s (default 64)")
-    p.add_argument("--batch_p", type=int, help="classes per batch (default 16)")
+    p.add_argument(
+        "--batch_p", type=int, help="classes per batch (default 16 / accumulation steps)"
+    )
     p.add_argument("--batch_k", type=int, help="images per class in a batch (default 4)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
     p.add_argument("--weight_decay", type=float, help="weight decay (default 0.01)")

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from retrieval.config import build_run_config
+    from retrieval.config import build_run_config, resolve_batch
     from retrieval.training.distributed import DistContext
     from retrieval.training.run import make_plan, prepare
     from retrieval.training.trainer import TrainingSession
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     cfg = build_run_config({k: v for k, v in values.items() if v is not None}, workdir=str(workdir))
     plan = make_plan(cfg)
+    cfg = resolve_batch(cfg, plan.accum_steps)
     print(plan.describe(), flush=True)
     prepared = prepare(cfg, num_workers=max(1, plan.num_workers))
     session = TrainingSession(cfg, prepared, plan, DistContext())

@@ -9,7 +9,7 @@ arguments (STYLE rule 3).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ class TrainConfig:
     """Optimisation, batching and the hardware overrides (SPEC 3)."""
 
     epochs: int = 35  # total, warm-up included: 5 + 30 ends on a cosine restart boundary
-    batch_p: int = 16  # classes per batch
+    batch_p: int | None = None  # classes per batch; None: 16 / accumulation steps (see below)
     batch_k: int = 4  # images per class
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -99,7 +99,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
-        _require(self.batch_p >= 2, f"--batch_p must be >= 2, got {self.batch_p}")
+        _require(
+            self.batch_p is None or self.batch_p >= 2, f"--batch_p must be >= 2, got {self.batch_p}"
+        )
         _require(self.batch_k >= 1, f"--batch_k must be >= 1, got {self.batch_k}")
         _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _require(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}")
@@ -151,6 +153,22 @@ def flat_keys() -> dict[str, str]:
         for f in fields(section_cls):
             keys[f.name] = section
     return keys
+
+
+EFFECTIVE_CLASSES_PER_STEP = 16  # P x accumulation when --batch_p is not given
+
+
+def resolve_batch(cfg: RunConfig, accum_steps: int) -> RunConfig:
+    """Fill in P from the hardware plan: P = 16 / accumulation steps (at least 2).
+
+    Accumulation is chosen from GPU memory so that smaller cards keep the effective batch
+    (P x K x accumulation = 64 images by default) with smaller micro-batches; an explicit
+    ``--batch_p`` is kept as given.
+    """
+    if cfg.train.batch_p is not None:
+        return cfg
+    p = max(2, EFFECTIVE_CLASSES_PER_STEP // max(1, accum_steps))
+    return replace(cfg, train=replace(cfg.train, batch_p=p))
 
 
 def build_run_config(values: dict[str, Any], *, workdir: str = ".") -> RunConfig:

@@ -22,6 +22,7 @@ def test_defaults_follow_the_spec():
     assert cfg.model.embedding_dim == 512
     assert (cfg.loss.margin_rad, cfg.loss.scale, cfg.loss.warmup_epochs) == (0.5, 64.0, 5)
     assert (cfg.train.scheduler, cfg.train.patience, cfg.train.batch_k) == ("cosine", 10, 4)
+    assert cfg.train.batch_p is None  # decided from the hardware plan
     assert cfg.data.image_size == 480 and cfg.data.min_size == 224 and cfg.data.hflip
 
 
@@ -101,3 +102,11 @@ def test_demo_preset_generates_its_data_under_the_workdir(tmp_path, monkeypatch)
     monkeypatch.setattr("retrieval.data.demo.make_demo_dataset", lambda root: root.mkdir())
     materialize_preset("demo", tmp_path, cfg.data.data)
     assert (tmp_path / "demo_data").is_dir()
+
+
+@pytest.mark.parametrize(("accum", "expected"), [(1, 16), (2, 8), (4, 4), (16, 2)])
+def test_classes_per_batch_follow_accumulation_unless_given(accum, expected):
+    from retrieval.config import resolve_batch
+
+    assert resolve_batch(resolved([]), accum).train.batch_p == expected
+    assert resolve_batch(resolved(["--batch_p", "12"]), accum).train.batch_p == 12

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from retrieval import checkpoint as ckpt
-from retrieval.config import RunConfig
+from retrieval.config import RunConfig, resolve_batch
 from retrieval.data.prepare import PreparedData, format_prepare_summary, prepare_data
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
 from retrieval.io import write_json_atomic
@@ -58,6 +58,7 @@ def run_training(
 ) -> TrainResult:
     """Train as ``cfg`` says; resumes from ``latest_model.pt`` unless ``fresh``."""
     plan = make_plan(cfg)
+    cfg = resolve_batch(cfg, plan.accum_steps)
     ctx = init_distributed(plan.device)
     try:
         prepared = _prepare_in_order(cfg, ctx, plan)
