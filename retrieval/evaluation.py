@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.data.records import ImageRecord
+from retrieval.data.records import ImageRecord, labels_of
 from retrieval.decision import accuracy_coverage, vote_batch
 from retrieval.embed import EmbedTimer
 from retrieval.io import write_json_atomic
@@ -63,7 +63,7 @@ def evaluate_split(
         raise ValueError(f"the {split} split has no query whose class is in the gallery")
     timer = EmbedTimer()
     query_embeddings = ws.embed(known, desc=f"{split}: queries", progress=progress, timer=timer)
-    truth = np.array([c2i[r.label] for r in known], dtype=np.int64)
+    truth = labels_of(known, c2i)
     index = ws.gallery.index
     gallery_labels = ws.gallery.labels_by_id[index.ids()]
     metrics = evaluate_retrieval(query_embeddings, truth, index.reconstruct_all(), gallery_labels)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.data.records import ImageRecord
+from retrieval.data.records import ImageRecord, labels_of
 from retrieval.io import write_json_atomic
 from retrieval.open_set import (
     OpenSetCalibration,
@@ -42,8 +42,7 @@ class OpenSetRun:
 def _labelled(ws: Workspace, records: list[ImageRecord], desc: str):
     c2i = ws.loaded.class_to_idx
     known = [r for r in records if r.label in c2i]
-    labels = np.array([c2i[r.label] for r in known], dtype=np.int64)
-    return ws.embed(known, desc=desc), labels
+    return ws.embed(known, desc=desc), labels_of(known, c2i)
 
 
 def run_open_set(

@@ -14,6 +14,7 @@ import numpy as np
 
 from retrieval.config import RunConfig
 from retrieval.data.prepare import PreparedData, prepare_data
+from retrieval.data.records import labels_of
 from retrieval.data.transforms import build_eval_transform
 from retrieval.decision import VOTE_TOP_N, Thresholds, calibrate_thresholds
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
@@ -103,10 +104,9 @@ def build_gallery(
         progress=progress,
     )
     gallery_embeddings = extract_embeddings(loaded.model, prepared.train, desc="gallery", **common)
-    c2i = loaded.class_to_idx
     gallery = Gallery.build(
         gallery_embeddings,
-        np.array([c2i[r.label] for r in prepared.train], dtype=np.int64),
+        labels_of(prepared.train, loaded.class_to_idx),
         [str(r.path) for r in prepared.train],
         class_names=loaded.class_names,
         fingerprint=gallery_fingerprint(loaded, tta),
@@ -122,7 +122,7 @@ def _calibrate(gallery: Gallery, loaded: LoadedModel, prepared: PreparedData, co
         return Thresholds()
     queries = extract_embeddings(loaded.model, known, desc="calibration", **common)
     hits = gallery.search(queries, VOTE_TOP_N)
-    truth = np.array([loaded.class_to_idx[r.label] for r in known], dtype=np.int64)
+    truth = labels_of(known, loaded.class_to_idx)
     calibration = calibrate_thresholds(
         hits.labels,
         hits.result.distances,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 @dataclass(frozen=True, order=True)
@@ -17,3 +20,8 @@ class ImageRecord:
     path: Path  # absolute path to the image file
     label: str  # class name (folder name or manifest label)
     group: str  # group ID, unique across the whole data set
+
+
+def labels_of(records: Sequence[ImageRecord], class_to_idx: dict[str, int]) -> np.ndarray:
+    """(N,) int64 class indices of ``records`` (every label must be in ``class_to_idx``)."""
+    return np.array([class_to_idx[r.label] for r in records], dtype=np.int64)

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
-from retrieval.data.records import ImageRecord
+from retrieval.data.records import ImageRecord, labels_of
 from retrieval.device import RuntimePlan
 from retrieval.embed import extract_embeddings
 from retrieval.metrics import RetrievalMetrics, evaluate_retrieval
-
-
-def labels_of(records: Sequence[ImageRecord], class_to_idx: dict[str, int]) -> np.ndarray:
-    """(N,) int64 class indices of ``records``."""
-    return np.array([class_to_idx[r.label] for r in records], dtype=np.int64)
 
 
 def validate(
