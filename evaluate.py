@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--open_set_fraction", type=float, default=0.2, help="share of val classes held out"
     )
+    p.add_argument(
+        "--flip_check",
+        action="store_true",
+        help="measure whether mirrored photos keep their identity on the split and recommend "
+        "flip augmentation / flip TTA (run it on --split val)",
+    )
     return p
 
 
@@ -62,6 +68,8 @@ def _run(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.open_set:
         files.append(_open_set(ws, prepared, queries, args, results))
+    if args.flip_check:
+        files.append(_flip_check(ws, [*prepared.train, *queries], args.split, results))
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
@@ -79,6 +87,44 @@ def _open_set(ws, prepared, queries, args: argparse.Namespace, results: Path) ->
     run = run_open_set(ws, val=prepared.val, queries=queries, split=args.split, **settings)
     print(format_open_set_report(run.report))
     return save_open_set(ws, run, split=args.split, results=results, **settings)
+
+
+def _flip_check(ws, records, split: str, results: Path) -> Path:
+    """Mirror check on train + the split: every photo of the split finds its train photos."""
+    from retrieval.flips import flip_check
+    from retrieval.io import write_json_atomic
+
+    report, policy = flip_check(
+        ws.loaded.model,
+        records,
+        ws.loaded.class_to_idx,
+        image_size=ws.loaded.image_size,
+        plan=ws.plan,
+        batch_size=ws.batch_size,
+    )
+    trained_with_flips = ws.loaded.config.get("data", {}).get("hflip", True)
+    caveat = (
+        "this model was trained with flips, which teaches mirror invariance: run the check "
+        "on a --no_hflip model for an unbiased answer"
+        if trained_with_flips
+        else ""
+    )
+    path = results / "flip_check.json"
+    write_json_atomic(
+        path,
+        {
+            "split": f"train+{split}",
+            **report.to_dict(),
+            "augment": policy.augment,
+            "tta": policy.tta,
+            "reason": policy.reason,
+            "caveat": caveat,
+        },
+    )
+    print(f"flip check (train+{split}): {policy.reason}\n  -> {policy.flags()}")
+    if caveat:
+        print(f"  note: {caveat}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from retrieval.cli import default_checkpoint
     from retrieval.kaggle_score import holdout_pairs, identity_balanced_map
-    from retrieval.query import score_pairs_file
+    from retrieval.query import score_pairs_file, tune_rerank_on_val
     from retrieval.workspace import open_workspace, prepare_for
 
     workdir = Path(args.workdir)
@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     pairs_csv, submission = results / "holdout_pairs.csv", results / "holdout_submission.csv"
     pairs.to_csv(pairs_csv, index=False)
-    summary = score_pairs_file(ws, pairs_csv, images_dir, submission, rerank=args.rerank)
+    params = None if args.rerank == "none" else tune_rerank_on_val(ws, args.rerank).params
+    summary = score_pairs_file(
+        ws, pairs_csv, images_dir, submission, rerank=args.rerank, rerank_params=params
+    )
     similarity = pd.read_csv(submission)["similarity"].to_numpy()
     ib_map, per_identity = identity_balanced_map(pairs, similarity, labels)
     result = {
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "worst_identity_ap": round(min(per_identity.values()), 4),
         "tta": args.tta,
         "rerank": args.rerank,
+        "rerank_params": params,
     }
     print(json.dumps(result, indent=2))
     return 0

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from retrieval.data.images import load_rgb
-from retrieval.data.records import ImageRecord
+from retrieval.data.records import ImageRecord, labels_of
 from retrieval.data.scan import IMAGE_EXTENSIONS
 from retrieval.decision import VOTE_TOP_N, Decision, vote_batch
 from retrieval.errors import InputError
@@ -28,6 +28,7 @@ from retrieval.pairs import (
     write_submission,
 )
 from retrieval.rerank import rerank_similarity_matrix
+from retrieval.rerank_tune import TunedRerank, tune_rerank
 
 if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
     from retrieval.onnx_embed import OnnxWorkspace
@@ -161,11 +162,13 @@ def score_pairs_file(
     out: Path,
     *,
     rerank: str = "none",
+    rerank_params: dict | None = None,
 ) -> PairsSummary:
     """Kaggle Jaguar Re-ID submission: ``row_id,similarity`` for every input row, in order.
 
     ``rerank``: "qe" (alpha query expansion) or "kr" (k-reciprocal) re-scores the test-vs-test
-    similarity matrix of the distinct images before the pairs are read off it.
+    similarity matrix of the distinct images before the pairs are read off it, with
+    ``rerank_params`` (see ``tune_rerank_on_val``; None: the method's defaults).
     """
     pairs = read_pairs(pairs_csv)
     names = distinct_images(pairs)
@@ -185,7 +188,28 @@ def score_pairs_file(
     if rerank == "none":
         similarity = score_pairs(pairs, names, embeddings)
     else:
-        matrix = rerank_similarity_matrix(embeddings, method=rerank)
+        matrix = rerank_similarity_matrix(embeddings, method=rerank, **(rerank_params or {}))
         similarity = score_pairs_from_matrix(pairs, names, matrix)
     write_submission(out, pairs["row_id"].tolist(), np.asarray(similarity))
     return PairsSummary(len(pairs), len(names), embedded - started, time.perf_counter() - embedded)
+
+
+def tune_rerank_on_val(ws: Workspace, method: str) -> TunedRerank:
+    """Re-ranking parameters chosen on the val split of the checkpoint's own data.
+
+    The val split is scored against itself, as the pairs mode scores the test set; when no
+    individual has two val photos, train + val is the set instead.
+    """
+    from retrieval.workspace import prepare_for  # torch: not on the ONNX path
+
+    prepared = prepare_for(ws.loaded, ws.workdir, data=None, image_root=None)
+    known = [r for r in prepared.val if r.label in ws.loaded.class_to_idx]
+    if len({r.label for r in known}) == len(known):
+        known = [*prepared.train, *known]
+    if len(known) < 3:
+        raise InputError(
+            f"--rerank {method}: the val split has {len(known)} usable images, too few to "
+            "choose re-ranking parameters; use --rerank none"
+        )
+    embeddings = ws.embed(known, desc="val (re-ranking tuning)")
+    return tune_rerank(embeddings, labels_of(known, ws.loaded.class_to_idx), method)

@@ -102,7 +102,7 @@ def test_search_table_over_a_folder(trained, capsys):
     assert len(match_lines) == 2 * len(list((data / "blue").glob("*.jpg")))
 
 
-def test_pairs_submission_keeps_rows_and_order(trained, tmp_path):
+def test_pairs_submission_keeps_rows_and_order(trained, tmp_path, capsys):
     data, workdir = trained
     images = sorted(p.name for p in (data / "green").glob("*.jpg"))
     folder = data / "green"
@@ -116,6 +116,8 @@ def test_pairs_submission_keeps_rows_and_order(trained, tmp_path):
         out = tmp_path / f"submission_{rerank}.csv"
         argv = ["--pairs", str(pairs), "--images", str(folder), "--out", str(out)]
         assert search.main([*argv, "--workdir", str(workdir), "--rerank", rerank]) == 0
+        out_text = capsys.readouterr().out
+        assert ("chosen on val" in out_text) == (rerank != "none")  # parameters from val
         with out.open() as handle:
             got = list(csv.DictReader(handle))
         assert [r["row_id"] for r in got] == [r[0] for r in rows]

