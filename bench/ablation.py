@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema_decay", type=float, default=0.9, help="per optimiser step")
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--device", default="auto")
+    p.add_argument("--classes", type=int, default=60, help="dogfacenet: dogs trained on")
+    p.add_argument("--open_classes", type=int, default=60, help="dogfacenet: dogs held out")
     p.add_argument("--score_only", action="store_true", help="train nothing; score what exists")
     p.add_argument("--rescore", action="store_true", help="score again cells already scored")
     return p
@@ -124,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.variants) - {FLOOR, *VARIANTS})
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {[FLOOR, *VARIANTS]}")
-    data = DATASETS[args.dataset](Path(args.data_root), Path(args.out))
+    data = DATASETS[args.dataset](
+        Path(args.data_root), Path(args.out), classes=args.classes, open_classes=args.open_classes
+    )
     results = []
     for seed in args.seeds:  # seed-major: a stopped sweep still has every variant of seed 1
         for variant in args.variants:

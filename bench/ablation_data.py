@@ -21,6 +21,7 @@ DOGFACENET_CLASSES = 60  # dogs with at least MIN_PHOTOS photos, for train/val/t
 OPEN_SET_CLASSES = 60  # further dogs, held out of training entirely
 MIN_PHOTOS = 5  # photos per dog, so that each split of a dog has one
 SUBSET_SEED = 0  # the subset is the same for every training seed
+DEFAULTS = (DOGFACENET_CLASSES, OPEN_SET_CLASSES)  # CPU-sized; a GPU run can take 1000+ dogs
 
 
 @dataclass(frozen=True)
@@ -44,23 +45,34 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def dogs_kaggle(data_root: Path, out: Path) -> Dataset:
+def dogs_kaggle(data_root: Path, out: Path, **_: int) -> Dataset:
     root = _require(data_root / "dogs_kaggle", "dogs_kaggle")
     manifest = _require(root / "train.csv", "train.csv")
     return Dataset("dogs_kaggle", manifest, root / "train", "pairs")
 
 
-def dogfacenet(data_root: Path, out: Path) -> Dataset:
-    """Write the subset's manifest under ``out/dogfacenet`` and describe it."""
+def dogfacenet(
+    data_root: Path,
+    out: Path,
+    *,
+    classes: int = DOGFACENET_CLASSES,
+    open_classes: int = OPEN_SET_CLASSES,
+) -> Dataset:
+    """Write the subset's manifest under ``out/dogfacenet-{classes}-{open_classes}``."""
     root = _require(data_root / "dogfacenet", "dogfacenet")
     photos = {d.name: sorted(p.name for p in d.iterdir()) for d in sorted(root.iterdir())}
     eligible = sorted(name for name, files in photos.items() if len(files) >= MIN_PHOTOS)
     chosen = np.random.default_rng(SUBSET_SEED).permutation(eligible)
-    need = DOGFACENET_CLASSES + OPEN_SET_CLASSES
+    need = classes + open_classes
     if len(chosen) < need:
         raise SystemExit(f"dogfacenet: {len(chosen)} dogs with {MIN_PHOTOS}+ photos, need {need}")
-    closed, open_set = chosen[:DOGFACENET_CLASSES], chosen[DOGFACENET_CLASSES:need]
-    folder = out / "dogfacenet"
+    closed, open_set = chosen[:classes], chosen[classes:need]
+    name = (
+        "dogfacenet"
+        if (classes, open_classes) == DEFAULTS
+        else f"dogfacenet-{classes}-{open_classes}"
+    )
+    folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "manifest.csv"
     with manifest.open("w", newline="") as f:
@@ -73,7 +85,7 @@ def dogfacenet(data_root: Path, out: Path) -> Dataset:
         for dog in sorted(open_set)
         for name in photos[dog]
     )
-    return Dataset("dogfacenet", manifest, root, "gallery", held_out)
+    return Dataset(name, manifest, root, "gallery", held_out)
 
 
 DATASETS = {"dogs_kaggle": dogs_kaggle, "dogfacenet": dogfacenet}
