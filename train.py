@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval_batch_size", type=int, help="batch size for embedding (default 64)")
     p.add_argument("--ema_decay", type=float, help="EMA of weights for val/best (0 = off)")
+    p.add_argument(
+        "--select_on",
+        choices=["recall_at_1", "map"],
+        help="val metric that picks best_model.pt and stops early (default recall_at_1)",
+    )
     add_bool_flag(p, "compile", "torch.compile the training step")
     p.add_argument("--no_hflip", action="store_true", help="no horizontal flip augmentation")
     add_bool_flag(p, "bn_train", "update backbone BatchNorm statistics (off: frozen)")

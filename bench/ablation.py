@@ -40,6 +40,7 @@ VARIANTS: dict[str, list[str]] = {
     "dynamic_margins": ["--dynamic_margins"],
     "ema": ["--ema_decay", "EMA"],  # EMA is replaced by --ema_decay
     "no_hflip": ["--no_hflip"],
+    "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1
 }
 FLOOR = "floor"  # the frozen ImageNet backbone, cosine similarity, no training
 

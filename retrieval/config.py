@@ -19,6 +19,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "plateau")
 PRESETS = ("demo",)
 DEVICES = ("auto", "cpu", "cuda")
+SELECTION_METRICS = ("recall_at_1", "map")
 POOLINGS = ("avg", "gem")
 
 
@@ -96,6 +97,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda
     ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of weights
+    select_on: str = "recall_at_1"  # val metric for best_model.pt and early stopping (SPEC 3.4)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
@@ -111,6 +113,10 @@ class TrainConfig:
         _require(self.device in DEVICES, f"--device must be one of {DEVICES}")
         _require(
             0.0 <= self.ema_decay < 1.0, f"--ema_decay must be in [0, 1), got {self.ema_decay}"
+        )
+        _require(
+            self.select_on in SELECTION_METRICS,
+            f"--select_on must be one of {SELECTION_METRICS}, got {self.select_on!r}",
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 from conftest import TINY_TRAIN_ARGS, train_tiny
@@ -12,9 +13,13 @@ from retrieval import checkpoint as ckpt
 
 
 def test_gem_subcenters_dynamic_margins_train_resume_and_search(tmp_path, capsys):
-    options = ("--pooling", "gem", "--subcenters", "2", "--dynamic_margins")
+    options = ("--pooling", "gem", "--subcenters", "2", "--dynamic_margins", "--select_on", "map")
     data, workdir = train_tiny(tmp_path, epochs=2, extra=options)
     state = ckpt.load_checkpoint(workdir / "checkpoints" / "best_model.pt")
+    assert state["config"]["train"]["select_on"] == "map"
+    with (workdir / "checkpoints" / "train_log.csv").open() as handle:
+        val_maps = [float(row["val_map"]) for row in csv.DictReader(handle)]
+    assert state["progress"]["best_map"] == max(val_maps)  # best model = best val mAP
     assert state["pooling"] == "gem" and "pool.p" in state["model"]
     assert state["head"]["weight"].shape[0] == 2 * len(state["class_to_idx"])
     assert "class_margins" in state["head"]

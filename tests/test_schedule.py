@@ -78,3 +78,24 @@ def test_model_selection_breaks_recall_ties_with_map(recall, mean_ap, better):
     best = Progress(best_recall_at_1=0.92, best_map=0.80)
     metrics = RetrievalMetrics(recall, 1.0, mean_ap, mean_ap, {}, 10)
     assert is_better(metrics, best) is better
+
+
+@pytest.mark.parametrize(
+    ("recall", "mean_ap", "better"),
+    [(0.95, 0.70, False), (0.90, 0.99, True), (0.93, 0.80, True), (0.91, 0.80, False)],
+)
+def test_model_selection_on_map_breaks_map_ties_with_recall(recall, mean_ap, better):
+    from retrieval.metrics import RetrievalMetrics
+    from retrieval.training.trainer import Progress, is_better
+
+    best = Progress(best_recall_at_1=0.92, best_map=0.80)
+    metrics = RetrievalMetrics(recall, 1.0, mean_ap, mean_ap, {}, 10)
+    assert is_better(metrics, best, select_on="map") is better
+
+
+def test_select_on_is_validated():
+    from retrieval.config import TrainConfig
+    from retrieval.errors import InputError
+
+    with pytest.raises(InputError, match="--select_on"):
+        TrainConfig(select_on="loss")
