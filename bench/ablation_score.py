@@ -152,8 +152,29 @@ def _cell_text(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
+def _mirror_table(results: list[dict], variants: Sequence[str]) -> str:
+    """The flip check per variant: mirror statistics on val and the policy they choose."""
+    lines = [
+        "| variant | mirror cos | val mAP (2+ photos) | mirrored queries | flip TTA | policy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant in variants:
+        cells = [r["mirror"] for r in results if r["variant"] == variant]
+        if not cells:
+            continue
+        stats = [
+            _cell_text([c[k] for c in cells])
+            for k in ("mirror_similarity", "plain_map", "mirrored_map", "tta_map")
+        ]
+        augment = sum(c["augment"] for c in cells)
+        tta = sum(c["tta"] for c in cells)
+        policy = f"flips {augment}/{len(cells)}, TTA {tta}/{len(cells)}"
+        lines.append(f"| {variant} | " + " | ".join(stats) + f" | {policy} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_table(results: list[dict], *, mode: str, variants: Sequence[str]) -> str:
-    """Markdown: one row per variant, mean ± sample sd over its seeds."""
+    """Markdown: one row per variant, mean ± sample sd over its seeds; then the flip check."""
     columns = COLUMNS[mode]
     lines = [
         "| variant | seeds | " + " | ".join(title for _, title in columns) + " | mirror cos |",
@@ -167,4 +188,4 @@ def write_table(results: list[dict], *, mode: str, variants: Sequence[str]) -> s
         mirror = _cell_text([c["mirror"]["mirror_similarity"] for c in cells])
         seeds = ",".join(str(c["seed"]) for c in cells)
         lines.append(f"| {variant} | {seeds} | " + " | ".join(row) + f" | {mirror} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + _mirror_table(results, variants)

@@ -17,22 +17,21 @@ from ablation_score import write_table
 def _cell(variant: str, seed: int, value: float) -> dict:
     metrics = {key: value for key in ("val_map", "test_map", "test_map_tta", "test_map_qe")}
     metrics |= {"test_map_kr": value, "test_map_tta_qe": value, "test_map_tta_kr": value}
-    return {
-        "variant": variant,
-        "seed": seed,
-        "metrics": metrics,
-        "mirror": {"mirror_similarity": 0.9},
-    }
+    mirror = {"mirror_similarity": 0.9, "plain_map": value, "mirrored_map": value, "tta_map": value}
+    mirror |= {"augment": True, "tta": seed == 1}
+    return {"variant": variant, "seed": seed, "metrics": metrics, "mirror": mirror}
 
 
 def test_table_gives_mean_and_sample_spread_per_variant_in_order():
     results = [_cell("plain", 1, 0.90), _cell("plain", 2, 0.94), _cell("floor", 1, 0.80)]
     table = write_table(results, mode="pairs", variants=["floor", "plain", "gem"])
-    lines = table.strip().splitlines()
+    main, flips = table.strip().split("\n\n")
+    lines = main.splitlines()
     assert lines[0].startswith("| variant | seeds | val mAP | test mAP")
     assert lines[2].startswith("| floor | 1 | 0.800 |")
     assert lines[3].startswith("| plain | 1,2 | 0.920 ± 0.028 |")  # sd with ddof=1
     assert len(lines) == 4  # gem has no cell yet: no row
+    assert flips.splitlines()[3].endswith("| flips 2/2, TTA 1/2 |")
 
 
 def test_dogfacenet_subset_holds_out_whole_individuals(shared_data, tmp_path):
