@@ -117,7 +117,7 @@ def score_cell(
     policy = choose_flip_policy(report)
     out["mirror"] = {**report.to_dict(), "augment": policy.augment, "tta": policy.tta}
     out["metrics"] = {k: round(float(v), 4) for k, v in out["metrics"].items()}
-    out["train_minutes"] = round(train_seconds / 60, 1)
+    out["minutes_to_best"] = round(train_seconds / 60, 1)  # training time up to best_model.pt
     return out
 
 
