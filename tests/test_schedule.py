@@ -68,29 +68,25 @@ def test_epoch_log_appends_with_one_header(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("recall", "mean_ap", "better"),
-    [(0.95, 0.70, True), (0.90, 0.99, False), (0.92, 0.81, True), (0.92, 0.80, False)],
+    ("select_on", "recall", "mean_ap", "better"),
+    [
+        ("recall_at_1", 0.95, 0.70, True),
+        ("recall_at_1", 0.90, 0.99, False),
+        ("recall_at_1", 0.92, 0.81, True),  # Recall@1 tie: mAP decides
+        ("recall_at_1", 0.92, 0.80, False),
+        ("map", 0.95, 0.70, False),
+        ("map", 0.90, 0.99, True),
+        ("map", 0.93, 0.80, True),  # mAP tie: Recall@1 decides
+        ("map", 0.91, 0.80, False),
+    ],
 )
-def test_model_selection_breaks_recall_ties_with_map(recall, mean_ap, better):
+def test_model_selection_metric_and_its_tie_break(select_on, recall, mean_ap, better):
     from retrieval.metrics import RetrievalMetrics
     from retrieval.training.trainer import Progress, is_better
 
     best = Progress(best_recall_at_1=0.92, best_map=0.80)
     metrics = RetrievalMetrics(recall, 1.0, mean_ap, mean_ap, {}, 10)
-    assert is_better(metrics, best) is better
-
-
-@pytest.mark.parametrize(
-    ("recall", "mean_ap", "better"),
-    [(0.95, 0.70, False), (0.90, 0.99, True), (0.93, 0.80, True), (0.91, 0.80, False)],
-)
-def test_model_selection_on_map_breaks_map_ties_with_recall(recall, mean_ap, better):
-    from retrieval.metrics import RetrievalMetrics
-    from retrieval.training.trainer import Progress, is_better
-
-    best = Progress(best_recall_at_1=0.92, best_map=0.80)
-    metrics = RetrievalMetrics(recall, 1.0, mean_ap, mean_ap, {}, 10)
-    assert is_better(metrics, best, select_on="map") is better
+    assert is_better(metrics, best, select_on=select_on) is better
 
 
 def test_select_on_is_validated():
