@@ -91,7 +91,7 @@ def _open_set(ws, prepared, queries, args: argparse.Namespace, results: Path) ->
 
 def _flip_check(ws, records, split: str, results: Path) -> Path:
     """Mirror check on train + the split: every photo of the split finds its train photos."""
-    from retrieval.flips import flip_check
+    from retrieval.flips import flip_check, flip_check_summary
     from retrieval.io import write_json_atomic
 
     report, policy = flip_check(
@@ -102,28 +102,17 @@ def _flip_check(ws, records, split: str, results: Path) -> Path:
         plan=ws.plan,
         batch_size=ws.batch_size,
     )
-    trained_with_flips = ws.loaded.config.get("data", {}).get("hflip", True)
-    caveat = (
-        "this model was trained with flips, which teaches mirror invariance: run the check "
-        "on a --no_hflip model for an unbiased answer"
-        if trained_with_flips
-        else ""
+    summary = flip_check_summary(
+        report,
+        policy,
+        measured_on=f"train+{split}",
+        trained_with_flips=ws.loaded.config.get("data", {}).get("hflip", True),
     )
     path = results / "flip_check.json"
-    write_json_atomic(
-        path,
-        {
-            "split": f"train+{split}",
-            **report.to_dict(),
-            "augment": policy.augment,
-            "tta": policy.tta,
-            "reason": policy.reason,
-            "caveat": caveat,
-        },
-    )
-    print(f"flip check (train+{split}): {policy.reason}\n  -> {policy.flags()}")
-    if caveat:
-        print(f"  note: {caveat}")
+    write_json_atomic(path, summary)
+    print(f"flip check ({summary['split']}): {policy.reason}\n  -> {policy.flags()}")
+    if summary["caveat"]:
+        print(f"  note: {summary['caveat']}")
     return path
 
 

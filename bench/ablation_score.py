@@ -54,20 +54,14 @@ def _int_labels(*sets: Sequence[ImageRecord]) -> list[np.ndarray]:
     return [np.array([index[r.label] for r in records]) for records in sets]
 
 
-class _Embedder:
-    """Plain and flip-TTA embeddings of record sets, each image embedded once per view."""
-
-    def __init__(self, model, image_size: int, plan) -> None:
-        self.model, self.image_size, self.plan = model, image_size, plan
-        self.mirrors: dict[str, np.ndarray] = {}
-
-    def views(self, name: str, records: Sequence[ImageRecord]) -> dict[str, np.ndarray]:
-        plain, mirrored = embed_with_mirrors(
-            self.model, records, image_size=self.image_size, plan=self.plan, progress=False
-        )
-        self.mirrors[name] = mirrored
-        tta = plain + mirrored
-        return {"plain": plain, "tta": tta / np.linalg.norm(tta, axis=1, keepdims=True)}
+def _views(model, records: Sequence[ImageRecord], image_size: int, plan) -> dict[str, np.ndarray]:
+    """Plain, mirrored and flip-TTA embeddings of ``records``, each image embedded once a view."""
+    plain, mirrored = embed_with_mirrors(
+        model, records, image_size=image_size, plan=plan, progress=False
+    )
+    tta = plain + mirrored
+    tta /= np.linalg.norm(tta, axis=1, keepdims=True)
+    return {"plain": plain, "mirrored": mirrored, "tta": tta}
 
 
 def _set_options(val: dict, val_labels, target: dict, target_labels, prefix: str) -> dict:
@@ -95,25 +89,23 @@ def score_cell(
     """Metrics of one trained (or floor) model; see the module docstring for the protocol."""
     plan = inference_plan(device)
     model, size, train_seconds = _model(workdir, floor, plan, image_size)
-    embedder = _Embedder(model, size, plan)
     p = records.prepared
-    val_labels, test_labels = _int_labels(p.val, p.test)
-    val = embedder.views("val", p.val)
-    test = embedder.views("test", p.test)
+    train_labels, val_labels, test_labels = _int_labels(p.train, p.val, p.test)
+    val = _views(model, p.val, size, plan)
+    test = _views(model, p.test, size, plan)
     if mode == "pairs":
         out = _set_options(val, val_labels, test, test_labels, "test_map")
     else:
         (held_labels,) = _int_labels(records.held_out)
-        held = embedder.views("held_out", records.held_out)
+        held = _views(model, records.held_out, size, plan)
         out = _set_options(val, val_labels, held, held_labels, "open_map")
-        train_labels, test_labels = _int_labels(p.train, p.test)
-        gallery = embedder.views("train", p.train)
+        gallery = _views(model, p.train, size, plan)
         for view in VIEWS:
             m = evaluate_retrieval(test[view], test_labels, gallery[view], train_labels)
             suffix = "" if view == "plain" else "_tta"
             out["metrics"][f"test_r1{suffix}"] = m.recall_at_1
             out["metrics"][f"test_map{suffix}"] = m.map
-    report = mirror_report(val["plain"], embedder.mirrors["val"], val_labels)
+    report = mirror_report(val["plain"], val["mirrored"], val_labels)
     policy = choose_flip_policy(report)
     out["mirror"] = {**report.to_dict(), "augment": policy.augment, "tta": policy.tta}
     out["metrics"] = {k: round(float(v), 4) for k, v in out["metrics"].items()}

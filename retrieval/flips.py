@@ -25,7 +25,7 @@ from retrieval.data.transforms import build_eval_transform
 from retrieval.device import RuntimePlan
 from retrieval.embed import extract_embeddings
 from retrieval.errors import InputError
-from retrieval.metrics import evaluate_retrieval
+from retrieval.metrics import evaluate_retrieval, unit_rows
 
 # How much mAP mirrored queries may lose before flips count as changing the identity: below
 # this the loss is within the noise of a validation split of a few dozen photos.
@@ -67,7 +67,7 @@ def mirror_report(embeddings: np.ndarray, mirrored: np.ndarray, labels: np.ndarr
     of photo i; labels: (N,) int. Only individuals with at least two photos are scored, and a
     query never retrieves itself or its own mirror.
     """
-    x, m = _unit(embeddings, "embeddings"), _unit(mirrored, "mirrored")
+    x, m = unit_rows(embeddings, "embeddings"), unit_rows(mirrored, "mirrored")
     labels = np.asarray(labels)
     if m.shape != x.shape or labels.shape != (x.shape[0],):
         raise InputError(
@@ -83,7 +83,7 @@ def mirror_report(embeddings: np.ndarray, mirrored: np.ndarray, labels: np.ndarr
     same = labels[:, None] == labels[None, :]
     off_diagonal = ~np.eye(len(labels), dtype=bool)
     cosine = x @ x.T
-    tta = _unit(x + m, "flip-TTA embeddings")
+    tta = unit_rows(x + m, "flip-TTA embeddings")
     return MirrorReport(
         n_images=int(x.shape[0]),
         mirror_similarity=float(np.einsum("ij,ij->i", x, m).mean()),
@@ -152,15 +152,28 @@ def flip_check(
     return report, choose_flip_policy(report)
 
 
+def flip_check_summary(
+    report: MirrorReport, policy: FlipPolicy, *, measured_on: str, trained_with_flips: bool
+) -> dict:
+    """What ``evaluate.py --flip_check`` saves; the caveat warns of a model trained with flips."""
+    caveat = (
+        "this model was trained with flips, which teaches mirror invariance: run the check "
+        "on a --no_hflip model for an unbiased answer"
+        if trained_with_flips
+        else ""
+    )
+    return {
+        "split": measured_on,
+        **report.to_dict(),
+        "augment": policy.augment,
+        "tta": policy.tta,
+        "reason": policy.reason,
+        "caveat": caveat,
+    }
+
+
 def _set_map(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> float:
     """Identity-balanced mAP of row i of ``queries`` against the other rows of ``gallery``."""
     return evaluate_retrieval(
         queries, labels, gallery, labels, exclude_self=True
     ).identity_balanced_map
-
-
-def _unit(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise InputError(f"{name} must be (N, D) with N >= 2, got shape {x.shape}")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -46,7 +46,8 @@ def _int_labels(labels: np.ndarray, name: str, n: int | None = None) -> np.ndarr
     return labels.astype(np.int64)
 
 
-def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
+def unit_rows(x: np.ndarray, name: str) -> np.ndarray:
+    """(N, D) -> (N, D) float32 unit rows; empty input, NaN/inf or zero rows are refused."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise InputError(f"{name} must be a non-empty (N, D) array, got shape {x.shape}")
@@ -75,7 +76,7 @@ def recall_at_k(query_labels: np.ndarray, ranked_gallery_labels: np.ndarray, k: 
     return float(hits.mean())
 
 
-def _average_precision_rows(relevant: np.ndarray) -> np.ndarray:
+def average_precision_rows(relevant: np.ndarray) -> np.ndarray:
     """AP of each row of a (Q, n) bool ranking; 0 for rows with no relevant item. (Q,) float64."""
     relevant = relevant.astype(np.float64)
     hits_so_far = np.cumsum(relevant, axis=1)
@@ -95,7 +96,7 @@ def average_precision(relevant: np.ndarray) -> float:
         raise InputError(f"relevant must be a 1-D bool ranking, got shape {relevant.shape}")
     if relevant.size == 0:
         return 0.0
-    return float(_average_precision_rows(relevant.astype(bool)[None, :])[0])
+    return float(average_precision_rows(relevant.astype(bool)[None, :])[0])
 
 
 def _rank_chunks(
@@ -134,8 +135,8 @@ def evaluate_retrieval(
     out of query i's ranking. Queries whose class has no gallery item are kept: AP 0 and a
     recall miss. Recall@5 uses the whole ranking when it has fewer than 5 items.
     """
-    queries = _unit_rows(query_embeddings, "query_embeddings")
-    gallery = _unit_rows(gallery_embeddings, "gallery_embeddings")
+    queries = unit_rows(query_embeddings, "query_embeddings")
+    gallery = unit_rows(gallery_embeddings, "gallery_embeddings")
     q_labels = _int_labels(query_labels, "query_labels", queries.shape[0])
     g_labels = _int_labels(gallery_labels, "gallery_labels", gallery.shape[0])
     if queries.shape[1] != gallery.shape[1]:
@@ -154,7 +155,7 @@ def evaluate_retrieval(
     ap = np.empty(queries.shape[0], dtype=np.float64)
     top5 = np.empty((queries.shape[0], min(5, n_ranked)), dtype=np.int64)
     for start, ranked, relevant in _rank_chunks(queries, gallery, g_labels, q_labels, exclude_self):
-        ap[start : start + len(ranked)] = _average_precision_rows(relevant)
+        ap[start : start + len(ranked)] = average_precision_rows(relevant)
         top5[start : start + len(ranked)] = ranked[:, : top5.shape[1]]
     per_class_ap = {int(c): float(ap[q_labels == c].mean()) for c in np.unique(q_labels)}
     return RetrievalMetrics(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import InputError
-from retrieval.metrics import _average_precision_rows
+from retrieval.metrics import average_precision_rows
 from retrieval.rerank import METHODS, rerank_similarity_matrix
 
 GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -58,7 +58,7 @@ def set_identity_map(similarity: np.ndarray, labels: np.ndarray) -> float:
     has = relevant.any(axis=1)
     if not has.any():
         raise InputError("no identity has two photos in this set: nothing to score")
-    ap = _average_precision_rows(relevant[has])
+    ap = average_precision_rows(relevant[has])
     kept = labels[has]
     return float(np.mean([ap[kept == c].mean() for c in np.unique(kept)]))
 
