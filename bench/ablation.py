@@ -1,9 +1,11 @@
-"""Ablation benchmark (issue 5): the frozen floor, plain ArcFace and each addition, on real photos.
+"""Ablation benchmark (issue 5): the frozen floor, the peer, plain ArcFace and each addition.
 
 Each (variant, seed) is one real ``train.py`` run in its own workdir under ``--out``; a run that
 finished (its gallery is built) is reused, one that crashed resumes, so the sweep can be
-stopped and continued. Every trained model is then scored with every query-time option, whose
-parameters are chosen on the validation split:
+stopped and continued. The peer (``bench/peer.py``, issue 5's off-the-shelf
+pytorch-metric-learning recipe with BatchNorm frozen) trains on the same split with the same
+epochs, learning rate, scale and margin. Every trained model is then scored with every
+query-time option, whose parameters are chosen on the validation split:
 
 - ``dogs_kaggle``: identity-balanced mAP of the Kaggle pairs path (every ordered pair of the
   held-out test split of ``train.csv``, scored by ``retrieval.kaggle_score``).
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablation_data import DATASETS, Dataset, dataset_records
 from ablation_score import score_cell, write_table
+from peer import PEER_FILE, PeerConfig, train_peer
 
 from retrieval.device import prepare_environment
 
@@ -41,15 +44,17 @@ VARIANTS: dict[str, list[str]] = {
     "ema": ["--ema_decay", "EMA"],  # EMA is replaced by --ema_decay
     "no_hflip": ["--no_hflip"],
     "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1
+    "head_lr": ["--head_lr_mult", "10"],  # neck and ArcFace head at 10x the backbone's lr
 }
 FLOOR = "floor"  # the frozen ImageNet backbone, cosine similarity, no training
+PEER = "peer"  # issue 5's off-the-shelf pytorch-metric-learning fine-tune (bench/peer.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=sorted(DATASETS), default="dogs_kaggle")
     p.add_argument("--data_root", default="../shared/data", help="folder holding the data sets")
-    p.add_argument("--variants", nargs="+", default=[FLOOR, *VARIANTS])
+    p.add_argument("--variants", nargs="+", default=[FLOOR, PEER, *VARIANTS])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--out", default="runs/ablation", help="one workdir per (variant, seed)")
     p.add_argument("--table", help="also write the markdown table here")
@@ -81,31 +86,68 @@ def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int)
     ]
 
 
-def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -> dict | None:
-    """Train (or reuse) one cell and score it; None when it is not trained and may not be."""
+def _model_file(workdir: Path, variant: str) -> Path | None:
+    """The file a cell's model is loaded from (None for the untrained floor)."""
+    if variant == FLOOR:
+        return None
+    if variant == PEER:
+        return workdir / PEER_FILE
+    return workdir / "checkpoints" / "best_model.pt"
+
+
+def _train(args: argparse.Namespace, data: Dataset, variant: str, seed: int, workdir: Path):
+    """Train one cell: ``bench/peer.py`` for the peer, a real ``train.py`` run otherwise."""
     import train
 
-    workdir = Path(args.out) / data.name / variant / f"seed{seed}"
-    finished = (workdir / "gallery" / "current.json").exists()
-    if variant != FLOOR and not finished:
-        if args.score_only:
-            return None
+    started = time.perf_counter()
+    if variant == PEER:
+        config = PeerConfig(
+            epochs=args.epochs,
+            lr=args.lr,
+            scale=args.scale,
+            margin_rad=args.margin,
+            image_size=args.image_size,
+            seed=seed,
+            device=args.device,
+        )
+        train_peer(dataset_records(data, workdir, seed=seed).prepared, workdir, config)
+    else:
         argv = [*train_argv(args, data, variant, seed), "--workdir", str(workdir)]
         if not (workdir / "checkpoints" / "latest_model.pt").exists():
             argv.append("--fresh")
-        started = time.perf_counter()
         if train.main(argv) != 0:
             raise SystemExit(f"training {variant} seed {seed} failed; see the log above")
-        print(f"{variant} seed {seed}: trained in {time.perf_counter() - started:.0f} s")
+    print(f"{variant} seed {seed}: trained in {time.perf_counter() - started:.0f} s")
+
+
+def _finished(workdir: Path, variant: str) -> bool:
+    """A train.py cell is finished once its gallery is built; the peer once its file is."""
+    if variant == FLOOR:
+        return True
+    if variant == PEER:
+        return (workdir / PEER_FILE).exists()
+    return (workdir / "gallery" / "current.json").exists()
+
+
+def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -> dict | None:
+    """Train (or reuse) one cell and score it; None when it is not trained and may not be."""
+    workdir = Path(args.out) / data.name / variant / f"seed{seed}"
+    if not _finished(workdir, variant):
+        if args.score_only:
+            return None
+        _train(args, data, variant, seed, workdir)
     scored = workdir / "ablation.json"
-    if scored.exists() and not args.rescore and (variant == FLOOR or _newer(scored, workdir)):
+    model = _model_file(workdir, variant)
+    fresh = model is None or (scored.exists() and scored.stat().st_mtime > model.stat().st_mtime)
+    if scored.exists() and fresh and not args.rescore:  # a resumed run may replace the model
         return json.loads(scored.read_text())
     records = dataset_records(data, workdir, seed=seed)
+    kind = variant if variant in (FLOOR, PEER) else "trained"
     result = score_cell(
         workdir,
         records,
         mode=data.mode,
-        floor=variant == FLOOR,
+        kind=kind,
         image_size=args.image_size,
         device=args.device,
     )
@@ -115,18 +157,12 @@ def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -
     return result
 
 
-def _newer(scored: Path, workdir: Path) -> bool:
-    """The cell's scores are newer than its best model (a resumed run may have replaced it)."""
-    best = workdir / "checkpoints" / "best_model.pt"
-    return best.exists() and scored.stat().st_mtime > best.stat().st_mtime
-
-
 def main(argv: list[str] | None = None) -> int:
     prepare_environment()
     args = build_parser().parse_args(argv)
-    unknown = sorted(set(args.variants) - {FLOOR, *VARIANTS})
+    unknown = sorted(set(args.variants) - {FLOOR, PEER, *VARIANTS})
     if unknown:
-        raise SystemExit(f"unknown variants {unknown}; choose from {[FLOOR, *VARIANTS]}")
+        raise SystemExit(f"unknown variants {unknown}; choose from {[FLOOR, PEER, *VARIANTS]}")
     data = DATASETS[args.dataset](
         Path(args.data_root), Path(args.out), classes=args.classes, open_classes=args.open_classes
     )

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ablation_data import CellRecords
+from peer import PEER_BACKBONE, load_peer
 
 from retrieval.data.records import ImageRecord
 from retrieval.flips import choose_flip_policy, embed_with_mirrors, mirror_report
@@ -23,13 +24,13 @@ from retrieval.model.pretrained import create_backbone
 from retrieval.rerank_tune import score_set, tune_rerank
 from retrieval.workspace import inference_plan
 
-FLOOR_BACKBONE = "tf_efficientnet_lite0"
 RERANKS = ("none", "qe", "kr")
 VIEWS = ("plain", "tta")
+KINDS = ("trained", "floor", "peer")  # our train.py model, the frozen backbone, bench/peer.py
 
 
-class FrozenBackbone(torch.nn.Module):
-    """The floor: ImageNet features, L2-normalised, no neck and no training."""
+class CosineBackbone(torch.nn.Module):
+    """Backbone features, L2-normalised, no neck: the frozen floor and the trained peer."""
 
     def __init__(self, backbone: torch.nn.Module) -> None:
         super().__init__()
@@ -39,11 +40,16 @@ class FrozenBackbone(torch.nn.Module):
         return F.normalize(self.backbone(images).float(), dim=1)
 
 
-def _model(workdir: Path, floor: bool, plan, image_size: int):
-    """(model, image size, training seconds) of the cell."""
-    if floor:
-        backbone, _ = create_backbone(FLOOR_BACKBONE, "pypi")
-        return FrozenBackbone(backbone).to(plan.device).eval(), image_size, 0.0
+def _model(workdir: Path, kind: str, plan, image_size: int):
+    """(model, image size, training seconds) of the cell; ``kind`` is one of ``KINDS``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
+    if kind == "floor":
+        backbone, _ = create_backbone(PEER_BACKBONE, "pypi")
+        return CosineBackbone(backbone).to(plan.device).eval(), image_size, 0.0
+    if kind == "peer":
+        backbone, seconds = load_peer(workdir)
+        return CosineBackbone(backbone).to(plan.device).eval(), image_size, seconds
     loaded = load_inference_model(workdir / "checkpoints" / "best_model.pt", plan)
     return loaded.model, loaded.image_size, loaded.train_seconds
 
@@ -82,13 +88,13 @@ def score_cell(
     records: CellRecords,
     *,
     mode: str,
-    floor: bool,
+    kind: str,
     image_size: int,
     device: str = "auto",
 ) -> dict:
-    """Metrics of one trained (or floor) model; see the module docstring for the protocol."""
+    """Metrics of one model (``kind``: ours, the floor or the peer); protocol: module doc."""
     plan = inference_plan(device)
-    model, size, train_seconds = _model(workdir, floor, plan, image_size)
+    model, size, train_seconds = _model(workdir, kind, plan, image_size)
     p = records.prepared
     train_labels, val_labels, test_labels = _int_labels(p.train, p.val, p.test)
     val = _views(model, p.val, size, plan)

@@ -1,0 +1,61 @@
+"""The ablation benchmark's peer (bench/peer.py): a real pytorch-metric-learning fine-tune.
+
+Tiny run: lite0 at random init, 48 px, the tiny colour data. What matters for the comparison
+is that the peer really trains, keeps BatchNorm statistics frozen, and is scored through the
+same path as our own cells.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+pytest.importorskip("pytorch_metric_learning")
+
+from ablation_data import CellRecords
+from ablation_score import score_cell
+from peer import PEER_BACKBONE, PEER_FILE, PeerConfig, load_peer, train_peer
+
+from retrieval.data.prepare import prepare_data
+from retrieval.model.pretrained import create_backbone
+
+TINY = PeerConfig(
+    epochs=2, lr=1e-3, image_size=48, batch_size=8, per_class=2, device="cpu", pretrained="none"
+)
+
+
+@pytest.fixture
+def peer_cell(tiny_data, tmp_path):
+    workdir = tmp_path / "cell"
+    prepared = prepare_data(tiny_data, workdir, min_size=32, seed=1, progress=False)
+    train_peer(prepared, workdir, TINY)
+    return workdir, prepared
+
+
+def test_peer_trains_its_weights_with_batchnorm_statistics_frozen(peer_cell):
+    workdir, _ = peer_cell
+    trained, seconds = load_peer(workdir)
+    torch.manual_seed(TINY.seed)  # train_peer seeds before creating the backbone
+    initial, _ = create_backbone(PEER_BACKBONE, "none")
+    before, after = initial.state_dict(), trained.state_dict()
+    stats = [k for k in after if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in after if after[k].is_floating_point() and k not in stats]
+    assert stats and seconds > 0
+    assert all(torch.equal(before[k], after[k]) for k in stats)  # eval-mode BatchNorm
+    assert any(not torch.equal(before[k], after[k]) for k in weights)
+
+
+def test_peer_is_scored_on_the_same_split_as_our_cells(peer_cell):
+    workdir, prepared = peer_cell
+    result = score_cell(
+        workdir, CellRecords(prepared, ()), mode="pairs", kind="peer", image_size=48, device="cpu"
+    )
+    assert (workdir / PEER_FILE).is_file()
+    assert 0.0 < result["metrics"]["test_map"] <= 1.0
+    assert {"test_map_qe", "test_map_kr", "test_map_tta"} <= set(result["metrics"])
+    assert result["minutes_to_best"] >= 0
