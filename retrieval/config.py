@@ -86,6 +86,7 @@ class TrainConfig:
     batch_p: int | None = None  # classes per batch; None: 16 / accumulation steps (see below)
     batch_k: int = 4  # images per class
     lr: float = 1e-4
+    head_lr_mult: float = 1.0  # neck, pooling and ArcFace head train at lr * this
     weight_decay: float = 0.01
     optimizer: str = "adamw"
     scheduler: str = "cosine"
@@ -106,6 +107,7 @@ class TrainConfig:
         )
         _require(self.batch_k >= 1, f"--batch_k must be >= 1, got {self.batch_k}")
         _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _require(self.head_lr_mult > 0, f"--head_lr_mult must be > 0, got {self.head_lr_mult}")
         _require(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}")
         _require(self.scheduler in SCHEDULERS, f"--scheduler must be one of {SCHEDULERS}")
         _require(self.patience >= 1, f"--patience must be >= 1, got {self.patience}")

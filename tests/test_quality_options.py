@@ -1,4 +1,4 @@
-"""GeM pooling, sub-center ArcFace and dynamic margins through the real train/search path."""
+"""GeM pooling, sub-center ArcFace, dynamic margins and head LR through the real train path."""
 
 from __future__ import annotations
 
@@ -31,3 +31,15 @@ def test_gem_subcenters_dynamic_margins_train_resume_and_search(tmp_path, capsys
     argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "3", *TINY_TRAIN_ARGS]
     assert train.main([*argv, "--warmup_epochs", "1", "--pooling", "gem"]) == 2
     assert "another model or head configuration" in capsys.readouterr().err
+
+
+def test_head_lr_mult_trains_the_head_faster_and_refuses_a_mismatched_resume(tmp_path, capsys):
+    data, workdir = train_tiny(tmp_path, epochs=2, extra=("--head_lr_mult", "10"))
+    state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
+    groups = state["optimizer"]["param_groups"]
+    assert len(groups) == 2 and groups[1]["initial_lr"] == 10 * groups[0]["initial_lr"]
+    assert state["config"]["train"]["head_lr_mult"] == 10
+    argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "3", *TINY_TRAIN_ARGS]
+    capsys.readouterr()
+    assert train.main([*argv, "--warmup_epochs", "1"]) == 2  # default mult 1: one group
+    assert "--head_lr_mult" in capsys.readouterr().err

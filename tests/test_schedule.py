@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from retrieval.training.epoch_log import COLUMNS, append_epoch_row
-from retrieval.training.schedule import LRSchedule, build_optimizer, phase_for_epoch
+from retrieval.training.schedule import (
+    LRSchedule,
+    build_optimizer,
+    param_groups,
+    phase_for_epoch,
+)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +52,17 @@ def test_plateau_halves_after_patience():
     for epoch in range(7):
         schedule.step_epoch(epoch, 0.5)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_head_lr_mult_gives_the_head_its_own_group_that_the_schedule_scales_alike():
+    backbone, head = [torch.nn.Parameter(torch.zeros(2))], [torch.nn.Parameter(torch.zeros(2))]
+    assert len(param_groups(backbone, head, lr=1.0)) == 1  # as before: old checkpoints resume
+    groups = param_groups(backbone, head, lr=1.0, head_lr_mult=10.0)
+    opt = build_optimizer(groups, name="adamw", lr=1.0, weight_decay=0)
+    assert [g["lr"] for g in opt.param_groups] == [1.0, 10.0]  # backbone first: it is logged
+    schedule = LRSchedule(opt, name="cosine", warmup_epochs=0)
+    schedule.step_batch(5, 0.0)  # half of the first cycle
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5, 5.0], abs=1e-6)
 
 
 def test_frozen_parameters_are_not_updated_by_the_shared_optimizer():

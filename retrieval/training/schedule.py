@@ -27,10 +27,34 @@ def phase_for_epoch(epoch: int, *, warmup_epochs: int, margin_rad: float) -> Pha
     return Phase(number=2, margin_rad=margin_rad, backbone_trainable=True)
 
 
+def param_groups(
+    backbone: Iterable[torch.nn.Parameter],
+    head: Iterable[torch.nn.Parameter],
+    *,
+    lr: float,
+    head_lr_mult: float = 1.0,
+) -> list[dict]:
+    """Optimiser groups: everything at ``lr``, or the head side at ``lr * head_lr_mult``.
+
+    The head side (neck, pooling, ArcFace class centres) starts from random init while the
+    backbone starts from pretrained features, so it can take larger steps. With a multiplier of
+    1 there is one group, as before the option existed, so older checkpoints still resume. The
+    backbone group comes first: the logged lr is the backbone's.
+    """
+    backbone, head = list(backbone), list(head)
+    if head_lr_mult == 1.0:
+        return [{"params": backbone + head, "lr": lr}]
+    return [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
+
+
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], *, name: str, lr: float, weight_decay: float
+    params: Iterable[torch.nn.Parameter] | list[dict],
+    *,
+    name: str,
+    lr: float,
+    weight_decay: float,
 ) -> torch.optim.Optimizer:
-    """AdamW (default) or SGD with Nesterov momentum.
+    """AdamW (default) or SGD with Nesterov momentum, over parameters or ``param_groups``.
 
     Frozen parameters get no gradient and optimisers skip parameters whose grad is None, so
     one optimiser holds every parameter across both phases and its state resumes cleanly.

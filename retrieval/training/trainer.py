@@ -30,7 +30,12 @@ from retrieval.model.embedder import build_embedding_model
 from retrieval.training.distributed import DistContext, barrier, broadcast_object, device_for
 from retrieval.training.epoch_log import append_epoch_row
 from retrieval.training.loop import EpochStats, StepSettings, TrainModule, train_one_epoch
-from retrieval.training.schedule import LRSchedule, build_optimizer, phase_for_epoch
+from retrieval.training.schedule import (
+    LRSchedule,
+    build_optimizer,
+    param_groups,
+    phase_for_epoch,
+)
 from retrieval.training.validate import validate
 
 
@@ -92,8 +97,12 @@ class TrainingSession:
         if self.plan.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.ema = build_ema(self.model, tc.ema_decay)
+        backbone = list(self.model.backbone.parameters())
+        in_backbone = {id(param) for param in backbone}
+        head = [param for param in self.module.parameters() if id(param) not in in_backbone]
+        groups = param_groups(backbone, head, lr=tc.lr, head_lr_mult=tc.head_lr_mult)
         self.optimizer = build_optimizer(
-            self.module.parameters(), name=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay
+            groups, name=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay
         )
         self.schedule = LRSchedule(
             self.optimizer, name=tc.scheduler, warmup_epochs=lc.warmup_epochs
@@ -185,7 +194,13 @@ class TrainingSession:
             ) from err
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # parameter groups differ: another --head_lr_mult
+            raise InputError(
+                f"{path} was trained with another --head_lr_mult (its optimiser has other "
+                "parameter groups); resume with the same value, or use --fresh"
+            ) from err
         self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
