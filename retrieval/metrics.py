@@ -47,13 +47,20 @@ def _int_labels(labels: np.ndarray, name: str, n: int | None = None) -> np.ndarr
 
 
 def unit_rows(x: np.ndarray, name: str) -> np.ndarray:
-    """(N, D) -> (N, D) float32 unit rows; empty input, NaN/inf or zero rows are refused."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] == 0:
+    """(N, D) -> (N, D) contiguous float32 unit rows; empty input, NaN/inf or zero rows refused.
+
+    Rows that are unit already (a model's output) come back without a copy, which matters for
+    a large gallery.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise InputError(f"{name} must be a non-empty (N, D) array, got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if not (np.isfinite(norms).all() and (norms > 1e-12).all()):
-        raise InputError(f"{name} has NaN/inf or zero rows; fix the embeddings before scoring")
+        raise InputError(f"{name} has NaN/inf or zero rows; fix the embeddings first")
+    if np.abs(norms - 1.0).max() <= 1e-6:
+        return x
     return x / norms
 
 

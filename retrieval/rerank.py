@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from retrieval.errors import InputError
+from retrieval.metrics import unit_rows
 
 DEFAULT_CHUNK_ROWS = 256
 ELEMENT_BUDGET = 1 << 20  # elements held at once by one vectorised step (8 MB as float64)
@@ -49,21 +50,8 @@ class _Csr(NamedTuple):
     data: np.ndarray  # (nnz,) float32, as the paper's V
 
 
-def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise InputError(f"{name} must be a non-empty (N, D) array, got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if not (np.isfinite(norms).all() and (norms > 1e-12).all()):
-        raise InputError(f"{name} has NaN/inf or zero rows; fix the embeddings before re-ranking")
-    if np.abs(norms - 1.0).max() <= 1e-6:
-        return x  # already unit rows (the model's output): no copy of a large gallery
-    return x / norms
-
-
 def _pair(query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    q, g = _unit_rows(query, "queries"), _unit_rows(gallery, "gallery")
+    q, g = unit_rows(query, "queries"), unit_rows(gallery, "gallery")
     if q.shape[1] != g.shape[1]:
         raise InputError(
             f"query width D={q.shape[1]} != gallery width D={g.shape[1]}; "
@@ -167,7 +155,7 @@ def database_augmentation(gallery: np.ndarray, *, k: int = 2, alpha: float = 3.0
     max(cos, 0)^alpha. gallery: (G, D), normalised here; k in 0..G-1 (0 returns the unit rows).
     Returns (G, D) float32, L2-normalised.
     """
-    g = _unit_rows(gallery, "gallery")
+    g = unit_rows(gallery, "gallery")
     k = _check_qe(k, alpha, g.shape[0] - 1, "the rest of the gallery")
     return g if k == 0 else _expanded_rows(g, g, k, float(alpha), exclude=True)
 
@@ -423,7 +411,7 @@ def rerank_similarity_matrix(embeddings: np.ndarray, *, method: str, **params: A
             f"re-ranking method {method!r} takes no parameter {unknown[0]!r}; "
             f"allowed: {list(METHODS[method]) or 'none'}"
         )
-    x = _unit_rows(embeddings, "embeddings")
+    x = unit_rows(embeddings, "embeddings")
     if method == "qe":
         x = database_augmentation(x, **params)
     if method in ("none", "qe"):
