@@ -1,5 +1,6 @@
-"""Query-time re-ranking: alpha-query expansion, database-side augmentation (DBA) and
-k-reciprocal re-ranking (Zhong et al., CVPR 2017).
+"""Query-time re-ranking: k-reciprocal re-ranking (Zhong et al., CVPR 2017), and the re-ranked
+similarity matrix of a set (cosine, after DBA, or k-reciprocal) that the pairs mode scores.
+Alpha-query expansion and DBA live in :mod:`retrieval.neighbours`.
 
 Why: re-ranking uses the neighbourhood structure of the gallery itself (a true match tends to
 have the query among its own neighbours) and raises mAP with no training. The paper's reference
@@ -21,12 +22,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from retrieval import neighbours as knn  # "neighbours" names arrays here
 from retrieval.errors import InputError
 from retrieval.metrics import unit_rows
 
 DEFAULT_CHUNK_ROWS = 256
-ELEMENT_BUDGET = 1 << 20  # elements held at once by one vectorised step (8 MB as float64)
-QUERY_BLOCK_ROWS = 256  # query rows that share one pass over the gallery in a top-k search
 TRIPLET_BUDGET = 1 << 19  # (query, shared column, other item) triplets per Jaccard block
 METHODS = {"none": (), "qe": ("k", "alpha"), "kr": ("k1", "k2", "lambda_value", "chunk")}
 
@@ -50,114 +50,11 @@ class _Csr(NamedTuple):
     data: np.ndarray  # (nnz,) float32, as the paper's V
 
 
-def _pair(query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    q, g = unit_rows(query, "queries"), unit_rows(gallery, "gallery")
-    if q.shape[1] != g.shape[1]:
-        raise InputError(
-            f"query width D={q.shape[1]} != gallery width D={g.shape[1]}; "
-            "embed both with the same model"
-        )
-    return q, g
-
-
-def _int_at_least(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in {low}..{high}"
-        raise InputError(f"{name} must be {allowed}, got {value}")
-    return int(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def _check_kr(k1: int, k2: int, lambda_value: float, chunk: int) -> tuple[int, int, float, int]:
-    if not (_is_number(lambda_value) and 0.0 <= lambda_value <= 1.0):
+    if not (knn.is_number(lambda_value) and 0.0 <= lambda_value <= 1.0):
         raise InputError(f"lambda_value must be a number in [0, 1], got {lambda_value!r}")
-    k1, k2 = _int_at_least(k1, "k1", 1), _int_at_least(k2, "k2", 1)
-    return k1, k2, float(lambda_value), _int_at_least(chunk, "chunk", 1)
-
-
-def _top_k_cosine(
-    a: np.ndarray, b: np.ndarray, k: int, *, exclude_self: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k rows of b for each row of a: scores (n, k) float32 descending, indices (n, k) int64.
-
-    Blocks of QUERY_BLOCK_ROWS rows of a meet blocks of b, keeping a running top-k, so each
-    gallery block is read once per query block. exclude_self: a is b, and row i never picks
-    itself. The order of exactly tied scores is unspecified.
-    """
-    n, g = a.shape[0], b.shape[0]
-    out_s = np.empty((n, k), dtype=np.float32)
-    out_i = np.empty((n, k), dtype=np.int64)
-    cols = max(k, ELEMENT_BUDGET // QUERY_BLOCK_ROWS)
-    for r0 in range(0, n, QUERY_BLOCK_ROWS):
-        r1 = min(r0 + QUERY_BLOCK_ROWS, n)
-        best_s = np.empty((r1 - r0, 0), dtype=np.float32)
-        best_i = np.empty((r1 - r0, 0), dtype=np.int64)
-        for c0 in range(0, g, cols):
-            c1 = min(c0 + cols, g)
-            sims = a[r0:r1] @ b[c0:c1].T  # (rows, cols)
-            if exclude_self:
-                own = np.arange(max(r0, c0), min(r1, c1))
-                sims[own - r0, own - c0] = -np.inf
-            pool_s = np.concatenate([best_s, sims], axis=1)
-            pool_i = np.concatenate([best_i, np.broadcast_to(np.arange(c0, c1), sims.shape)], 1)
-            keep = np.argpartition(-pool_s, k - 1, axis=1)[:, :k]
-            best_s = np.take_along_axis(pool_s, keep, axis=1)
-            best_i = np.take_along_axis(pool_i, keep, axis=1)
-        order = np.lexsort((best_i, -best_s), axis=-1)
-        out_s[r0:r1] = np.take_along_axis(best_s, order, axis=1)
-        out_i[r0:r1] = np.take_along_axis(best_i, order, axis=1)
-    return out_s, out_i
-
-
-def _expanded_rows(x: np.ndarray, g: np.ndarray, k: int, alpha: float, exclude: bool) -> np.ndarray:
-    """Rows of x (n, D) plus sum_j max(cos_j, 0)^alpha * neighbour j in g: (n, D) float32 unit."""
-    scores, idx = _top_k_cosine(x, g, k, exclude_self=exclude)
-    weights = np.maximum(scores, 0.0).astype(np.float64) ** alpha  # (n, k)
-    out = np.empty_like(x)
-    rows = max(1, ELEMENT_BUDGET // (k * g.shape[1]))
-    for start in range(0, x.shape[0], rows):
-        stop = start + rows
-        summed = x[start:stop] + np.einsum("nk,nkd->nd", weights[start:stop], g[idx[start:stop]])
-        out[start:stop] = summed / np.linalg.norm(summed, axis=1, keepdims=True)
-    return out
-
-
-def _check_qe(k: int, alpha: float, n_available: int, what: str) -> int:
-    if not (_is_number(alpha) and np.isfinite(alpha) and alpha >= 0):
-        raise InputError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    return _int_at_least(k, f"k (neighbours from {what})", 0, n_available)
-
-
-def alpha_query_expansion(
-    queries: np.ndarray, gallery: np.ndarray, *, k: int = 2, alpha: float = 3.0
-) -> np.ndarray:
-    """Alpha-QE (Radenovic et al.): each query plus its top-k gallery neighbours, weighted.
-
-    Averaging a query with its nearest gallery items pulls it towards its class. The query keeps
-    weight 1; neighbour j gets max(cos, 0)^alpha (negative similarities add nothing).
-    queries: (Q, D), gallery: (G, D), normalised here; k in 0..G (0 returns the unit queries).
-    Returns (Q, D) float32, L2-normalised.
-    """
-    q, g = _pair(queries, gallery)
-    k = _check_qe(k, alpha, g.shape[0], "the gallery")
-    return q if k == 0 else _expanded_rows(q, g, k, float(alpha), exclude=False)
-
-
-def database_augmentation(gallery: np.ndarray, *, k: int = 2, alpha: float = 3.0) -> np.ndarray:
-    """DBA: alpha-QE applied to the gallery against itself, so both sides are denoised alike.
-
-    Each item keeps weight 1 and adds its k nearest *other* gallery items with weights
-    max(cos, 0)^alpha. gallery: (G, D), normalised here; k in 0..G-1 (0 returns the unit rows).
-    Returns (G, D) float32, L2-normalised.
-    """
-    g = unit_rows(gallery, "gallery")
-    k = _check_qe(k, alpha, g.shape[0] - 1, "the rest of the gallery")
-    return g if k == 0 else _expanded_rows(g, g, k, float(alpha), exclude=True)
+    k1, k2 = knn.int_at_least(k1, "k1", 1), knn.int_at_least(k2, "k2", 1)
+    return k1, k2, float(lambda_value), knn.int_at_least(chunk, "chunk", 1)
 
 
 def _neighbours_and_row_max(x: np.ndarray, width: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +78,7 @@ def _reciprocal_mask(forward: np.ndarray) -> np.ndarray:
     """(N, k) bool: forward[i, p] also has i among its own first k neighbours."""
     n, k = forward.shape
     mask = np.empty((n, k), dtype=bool)
-    rows = max(1, ELEMENT_BUDGET // (k * k))
+    rows = max(1, knn.ELEMENT_BUDGET // (k * k))
     for start in range(0, n, rows):
         ids = np.arange(start, min(start + rows, n))
         mask[ids] = (forward[forward[ids]] == ids[:, None, None]).any(axis=2)
@@ -216,7 +113,7 @@ def _to_csr(n_rows: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -
 def _pair_cosines(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """x[a[m]] . x[b[m]] for every m, gathering at most ELEMENT_BUDGET values at once: (M,)."""
     out = np.empty(a.size, dtype=np.float32)
-    step = max(1, ELEMENT_BUDGET // (2 * x.shape[1]))
+    step = max(1, knn.ELEMENT_BUDGET // (2 * x.shape[1]))
     for start in range(0, a.size, step):
         stop = start + step
         out[start:stop] = np.einsum("ij,ij->i", x[a[start:stop]], x[b[start:stop]])
@@ -230,7 +127,7 @@ def _encoding(x: np.ndarray, neighbours: np.ndarray, row_max: np.ndarray, k1: in
     half = neighbours[:, : min(int(np.around(k1 / 2.0)) + 1, n)]
     recip, recip_half = _reciprocal_mask(forward), _reciprocal_mask(half)
     kf, kh = forward.shape[1], half.shape[1]
-    block = max(1, ELEMENT_BUDGET // (kf * kf * kh))
+    block = max(1, knn.ELEMENT_BUDGET // (kf * kf * kh))
     parts = []
     for start in range(0, n, block):
         ids = np.arange(start, min(start + block, n))
@@ -257,7 +154,7 @@ def _local_expansion(v: _Csr, neighbours: np.ndarray, k2: int) -> _Csr:
     width = min(k2, n)
     if k2 == 1:
         return v
-    block = max(1, int(ELEMENT_BUDGET // max(1.0, width * v.indices.size / n)))
+    block = max(1, int(knn.ELEMENT_BUDGET // max(1.0, width * v.indices.size / n)))
     parts = []
     for start in range(0, n, block):
         ids = np.arange(start, min(start + block, n))
@@ -330,7 +227,7 @@ def k_reciprocal_rerank(
     never an (N, N) matrix. Time is O(N^2 D) for the neighbour lists: for a large gallery use
     :func:`k_reciprocal_topk`.
     """
-    q, g = _pair(query, gallery)
+    q, g = knn.unit_pair(query, gallery)
     k1, k2, lam, chunk = _check_kr(k1, k2, lambda_value, chunk)
     x = np.concatenate([q, g])
     return _k_reciprocal_block(x, q.shape[0], q.shape[0], k1, k2, lam, chunk)
@@ -379,13 +276,13 @@ def k_reciprocal_topk(
     Memory: score blocks of ELEMENT_BUDGET, pools of B <= chunk queries with
     B * (top_k+1) * max(top_k+1, D) <= ELEMENT_BUDGET, and the (Q, top_k) result.
     """
-    q, g = _pair(query, gallery)
-    top = min(_int_at_least(top_k, "top_k", 1), g.shape[0])
+    q, g = knn.unit_pair(query, gallery)
+    top = min(knn.int_at_least(top_k, "top_k", 1), g.shape[0])
     k1, k2, lam, chunk = _check_kr(k1, k2, lambda_value, chunk)
     distances = np.empty((q.shape[0], top), dtype=np.float32)
     indices = np.empty((q.shape[0], top), dtype=np.int64)
-    _, candidates = _top_k_cosine(q, g, top)  # (Q, top)
-    batch = max(1, min(chunk, ELEMENT_BUDGET // ((top + 1) * max(top + 1, g.shape[1]))))
+    _, candidates = knn.top_k_cosine(q, g, top)  # (Q, top)
+    batch = max(1, min(chunk, knn.ELEMENT_BUDGET // ((top + 1) * max(top + 1, g.shape[1]))))
     for start in range(0, q.shape[0], batch):
         stop = min(start + batch, q.shape[0])
         dist = _rerank_pools(q[start:stop], g[candidates[start:stop]], k1, k2, lam)
@@ -413,7 +310,7 @@ def rerank_similarity_matrix(embeddings: np.ndarray, *, method: str, **params: A
         )
     x = unit_rows(embeddings, "embeddings")
     if method == "qe":
-        x = database_augmentation(x, **params)
+        x = knn.database_augmentation(x, **params)
     if method in ("none", "qe"):
         similarity = np.clip(x @ x.T, -1.0, 1.0)
         np.fill_diagonal(similarity, 1.0)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from retrieval import neighbours
 from retrieval import rerank as rerank_module
 from retrieval.errors import InputError
 from retrieval.metrics import average_precision
+from retrieval.neighbours import alpha_query_expansion, database_augmentation
 from retrieval.rerank import (
     RerankResult,
-    alpha_query_expansion,
-    database_augmentation,
     k_reciprocal_rerank,
     k_reciprocal_topk,
     rerank_similarity_matrix,
@@ -211,9 +211,9 @@ def test_results_do_not_depend_on_the_block_sizes(monkeypatch) -> None:
     q, g = _unit(rng.standard_normal((7, 12))), _unit(rng.standard_normal((50, 12)))
     big = _all_methods(q, g, chunk=1000)
     # One-row (or few-row) blocks everywhere, diagonal exclusion across gallery blocks included.
-    monkeypatch.setattr(rerank_module, "ELEMENT_BUDGET", 50)
+    monkeypatch.setattr(neighbours, "ELEMENT_BUDGET", 50)
     monkeypatch.setattr(rerank_module, "TRIPLET_BUDGET", 50)
-    monkeypatch.setattr(rerank_module, "QUERY_BLOCK_ROWS", 3)
+    monkeypatch.setattr(neighbours, "QUERY_BLOCK_ROWS", 3)
     for small, expected in zip(_all_methods(q, g, chunk=1), big, strict=True):
         np.testing.assert_allclose(small, expected, atol=1e-6)
 
