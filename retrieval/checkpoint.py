@@ -71,6 +71,16 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def seed_rngs(seed: int) -> None:
+    """Seed Python's and torch's generators (CPU and CUDA): head init, augmentation, dropout.
+
+    A fresh run starts from here and a resumed one from ``restore_rng_states``, so two runs
+    with the same ``--seed`` draw the same numbers.
+    """
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_states() -> dict[str, Any]:
     states: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_initialized():

@@ -70,6 +70,7 @@ class TrainingSession:
         self.dir = Path(cfg.workdir) / "checkpoints"
         self.accum_steps = plan.accum_steps
         self.progress = Progress()
+        ckpt.seed_rngs(cfg.data.seed + ctx.rank)  # DDP broadcasts rank 0's initial weights
         self.fingerprint = ckpt.data_fingerprint(
             {r.group for r in prepared.train}, prepared.class_to_idx
         )
