@@ -41,5 +41,5 @@ def test_head_lr_mult_trains_the_head_faster_and_refuses_a_mismatched_resume(tmp
     assert state["config"]["train"]["head_lr_mult"] == 10
     argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "3", *TINY_TRAIN_ARGS]
     capsys.readouterr()
-    assert train.main([*argv, "--warmup_epochs", "1"]) == 2  # default mult 1: one group
-    assert "--head_lr_mult" in capsys.readouterr().err
+    assert train.main([*argv, "--warmup_epochs", "1", "--head_lr_mult", "1"]) == 2
+    assert "resume with --head_lr_mult 10" in capsys.readouterr().err

@@ -198,9 +198,10 @@ class TrainingSession:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as err:  # parameter groups differ: another --head_lr_mult
+            stored = state.get("config", {}).get("train", {}).get("head_lr_mult", 1.0)
             raise InputError(
-                f"{path} was trained with another --head_lr_mult (its optimiser has other "
-                "parameter groups); resume with the same value, or use --fresh"
+                f"{path} was trained with --head_lr_mult {stored:g} (its optimiser has other "
+                f"parameter groups); resume with --head_lr_mult {stored:g}, or use --fresh"
             ) from err
         self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
