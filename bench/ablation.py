@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=60, help="dogfacenet: dogs trained on")
     p.add_argument("--open_classes", type=int, default=60, help="dogfacenet: dogs held out")
     p.add_argument("--score_only", action="store_true", help="train nothing; score what exists")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "latest"],
+        default="best",
+        help="score best_model.pt (the product's choice) or latest_model.pt (the last epoch)",
+    )
     p.add_argument("--rescore", action="store_true", help="score again cells already scored")
     return p
 
@@ -86,13 +92,13 @@ def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int)
     ]
 
 
-def _model_file(workdir: Path, variant: str) -> Path | None:
+def _model_file(workdir: Path, variant: str, checkpoint: str) -> Path | None:
     """The file a cell's model is loaded from (None for the untrained floor)."""
     if variant == FLOOR:
         return None
     if variant == PEER:
-        return workdir / PEER_FILE
-    return workdir / "checkpoints" / "best_model.pt"
+        return workdir / PEER_FILE  # the peer has no model selection: always its last epoch
+    return workdir / "checkpoints" / f"{checkpoint}_model.pt"
 
 
 def _train(args: argparse.Namespace, data: Dataset, variant: str, seed: int, workdir: Path):
@@ -136,15 +142,15 @@ def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -
         if args.score_only:
             return None
         _train(args, data, variant, seed, workdir)
-    scored = workdir / "ablation.json"
-    model = _model_file(workdir, variant)
+    scored = workdir / ("ablation.json" if args.checkpoint == "best" else "ablation_latest.json")
+    model = _model_file(workdir, variant, args.checkpoint)
     fresh = model is None or (scored.exists() and scored.stat().st_mtime > model.stat().st_mtime)
     if scored.exists() and fresh and not args.rescore:  # a resumed run may replace the model
         return json.loads(scored.read_text())
     records = dataset_records(data, workdir, seed=seed)
     kind = variant if variant in (FLOOR, PEER) else "trained"
     result = score_cell(
-        workdir,
+        model,
         records,
         mode=data.mode,
         kind=kind,

@@ -40,17 +40,17 @@ class CosineBackbone(torch.nn.Module):
         return F.normalize(self.backbone(images).float(), dim=1)
 
 
-def _model(workdir: Path, kind: str, plan, image_size: int):
-    """(model, image size, training seconds) of the cell; ``kind`` is one of ``KINDS``."""
+def _model(kind: str, model_file: Path | None, plan, image_size: int):
+    """(model, image size, training seconds); ``kind``: one of ``KINDS`` (the floor has no file)."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
     if kind == "floor":
         backbone, _ = create_backbone(PEER_BACKBONE, "pypi")
         return CosineBackbone(backbone).to(plan.device).eval(), image_size, 0.0
     if kind == "peer":
-        backbone, seconds = load_peer(workdir)
+        backbone, seconds = load_peer(model_file)
         return CosineBackbone(backbone).to(plan.device).eval(), image_size, seconds
-    loaded = load_inference_model(workdir / "checkpoints" / "best_model.pt", plan)
+    loaded = load_inference_model(model_file, plan)
     return loaded.model, loaded.image_size, loaded.train_seconds
 
 
@@ -84,7 +84,7 @@ def _set_options(val: dict, val_labels, target: dict, target_labels, prefix: str
 
 
 def score_cell(
-    workdir: Path,
+    model_file: Path | None,
     records: CellRecords,
     *,
     mode: str,
@@ -94,7 +94,7 @@ def score_cell(
 ) -> dict:
     """Metrics of one model (``kind``: ours, the floor or the peer); protocol: module doc."""
     plan = inference_plan(device)
-    model, size, train_seconds = _model(workdir, kind, plan, image_size)
+    model, size, train_seconds = _model(kind, model_file, plan, image_size)
     p = records.prepared
     train_labels, val_labels, test_labels = _int_labels(p.train, p.val, p.test)
     val = _views(model, p.val, size, plan)
@@ -115,7 +115,7 @@ def score_cell(
     policy = choose_flip_policy(report)
     out["mirror"] = {**report.to_dict(), "augment": policy.augment, "tta": policy.tta}
     out["metrics"] = {k: round(float(v), 4) for k, v in out["metrics"].items()}
-    out["minutes_to_best"] = round(train_seconds / 60, 1)  # training time up to best_model.pt
+    out["minutes_to_best"] = round(train_seconds / 60, 1)  # training time up to the model scored
     return out
 
 

@@ -112,9 +112,9 @@ def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Pat
     return out
 
 
-def load_peer(workdir: Path) -> tuple[nn.Module, float]:
-    """(the trained peer backbone on CPU, its training seconds) from ``workdir/PEER_FILE``."""
-    state = torch.load(Path(workdir) / PEER_FILE, map_location="cpu", weights_only=True)
+def load_peer(path: Path) -> tuple[nn.Module, float]:
+    """(the trained peer backbone on CPU, its training seconds) from a ``PEER_FILE``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model, _ = create_backbone(PEER_BACKBONE, "none")
     model.load_state_dict(state["backbone"])
     return model, float(state["train_seconds"])

@@ -39,7 +39,7 @@ def peer_cell(tiny_data, tmp_path):
 
 def test_peer_trains_its_weights_with_batchnorm_statistics_frozen(peer_cell):
     workdir, _ = peer_cell
-    trained, seconds = load_peer(workdir)
+    trained, seconds = load_peer(workdir / PEER_FILE)
     torch.manual_seed(TINY.seed)  # train_peer seeds before creating the backbone
     initial, _ = create_backbone(PEER_BACKBONE, "none")
     before, after = initial.state_dict(), trained.state_dict()
@@ -52,10 +52,10 @@ def test_peer_trains_its_weights_with_batchnorm_statistics_frozen(peer_cell):
 
 def test_peer_is_scored_on_the_same_split_as_our_cells(peer_cell):
     workdir, prepared = peer_cell
+    records = CellRecords(prepared, ())
     result = score_cell(
-        workdir, CellRecords(prepared, ()), mode="pairs", kind="peer", image_size=48, device="cpu"
+        workdir / PEER_FILE, records, mode="pairs", kind="peer", image_size=48, device="cpu"
     )
-    assert (workdir / PEER_FILE).is_file()
     assert 0.0 < result["metrics"]["test_map"] <= 1.0
     assert {"test_map_qe", "test_map_kr", "test_map_tta"} <= set(result["metrics"])
     assert result["minutes_to_best"] >= 0
