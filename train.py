@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_k", type=int, help="images per class in a batch (default 4)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
     p.add_argument(
-        "--head_lr_mult", type=float, help="lr of neck and ArcFace head = lr * this (default 1)"
+        "--head_lr_mult", type=float, help="lr of neck and ArcFace head = lr * this (default 10)"
     )
     p.add_argument("--weight_decay", type=float, help="weight decay (default 0.01)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
