@@ -43,12 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_k", type=int, help="images per class in a batch (default 4)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
     p.add_argument(
-        "--head_lr_mult", type=float, help="lr of neck and ArcFace head = lr * this (default 10)"
+        "--head_lr_mult", type=float, help="lr of neck and ArcFace head = lr * this (default 1)"
     )
     p.add_argument("--weight_decay", type=float, help="weight decay (default 0.01)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
     p.add_argument("--scheduler", choices=["cosine", "plateau"], help="default cosine restarts")
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 10)")
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 1)")
     add_bool_flag(p, "use_bf16", "bf16 autocast (default: decided from the GPU)")
     p.add_argument(
         "--num_workers", type=int, help="data loader workers (default: from the machine)"

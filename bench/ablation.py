@@ -36,9 +36,6 @@ from peer import PEER_FILE, PeerConfig, train_peer
 from retrieval.device import prepare_environment
 
 # Training additions, each one flag on top of the plain recipe (SPEC defaults otherwise).
-# Plain is the recipe before the head LR multiplier, pinned by flag so that cells trained
-# before and after it became the product default (head_lr) stay comparable.
-PLAIN_BASE = ["--head_lr_mult", "1"]
 VARIANTS: dict[str, list[str]] = {
     "plain": [],
     "gem": ["--pooling", "gem"],
@@ -83,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -> list[str]:
-    """``train.py`` flags of a cell: the protocol, ``PLAIN_BASE``, then the variant's flag."""
+    """``train.py`` flags of a cell: the protocol, then the variant's flag."""
     extra = [str(args.ema_decay) if v == "EMA" else v for v in VARIANTS[variant]]
     return [
         *("--data", str(data.manifest), "--image_root", str(data.image_root)),
@@ -92,8 +89,7 @@ def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int)
         *("--warmup_epochs", str(args.warmup_epochs), "--lr", str(args.lr)),
         *("--margin", str(args.margin), "--scale", str(args.scale)),
         *("--batch_p", "16", "--batch_k", "4", "--seed", str(seed), "--device", args.device),
-        *PLAIN_BASE,
-        *extra,  # argparse keeps the last value: head_lr's flag overrides PLAIN_BASE
+        *extra,
     ]
 
 

@@ -86,7 +86,7 @@ class TrainConfig:
     batch_p: int | None = None  # classes per batch; None: 16 / accumulation steps (see below)
     batch_k: int = 4  # images per class
     lr: float = 1e-4
-    head_lr_mult: float = 10.0  # neck, pooling, ArcFace head at lr * this (bench/RESULTS.md)
+    head_lr_mult: float = 1.0  # neck, pooling, ArcFace head at lr * this (bench/RESULTS.md)
     weight_decay: float = 0.01
     optimizer: str = "adamw"
     scheduler: str = "cosine"
