@@ -36,7 +36,8 @@ def _log_epochs(workdir: Path) -> list[str]:
 def test_ctrl_c_saves_latest_and_the_next_run_resumes(tiny_data, tmp_path):
     workdir = tmp_path / "work"
     argv = [sys.executable, str(REPO / "train.py"), "--data", str(tiny_data)]
-    argv += ["--workdir", str(workdir), *TINY]
+    # patience: a seeded run may saturate val at epoch 1 and stop early before the Ctrl-C
+    argv += ["--workdir", str(workdir), *TINY, "--patience", "200"]
     proc = subprocess.Popen(
         [*argv, "--epochs", "200", "--fresh"],
         env=_env(),
