@@ -45,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "no_hflip": ["--no_hflip"],
     "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1
     "head_lr": ["--head_lr_mult", "10"],  # neck and ArcFace head at 10x the backbone's lr
+    "head_lr3": ["--head_lr_mult", "3"],  # a milder multiplier
 }
 FLOOR = "floor"  # the frozen ImageNet backbone, cosine similarity, no training
 PEER = "peer"  # issue 5's off-the-shelf pytorch-metric-learning fine-tune (bench/peer.py)
