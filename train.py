@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight_decay", type=float, help="weight decay (default 0.01)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
     p.add_argument("--scheduler", choices=["cosine", "plateau"], help="default cosine restarts")
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 1)")
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 10)")
     add_bool_flag(p, "use_bf16", "bf16 autocast (default: decided from the GPU)")
     p.add_argument(
         "--num_workers", type=int, help="data loader workers (default: from the machine)"
