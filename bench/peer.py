@@ -28,6 +28,7 @@ from retrieval.data.dataset import ImageDataset
 from retrieval.data.prepare import PreparedData
 from retrieval.data.transforms import build_train_transform, to_model_input
 from retrieval.device import autocast, make_grad_scaler
+from retrieval.model.embedder import freeze_batchnorm
 from retrieval.model.pretrained import create_backbone
 from retrieval.workspace import inference_plan
 
@@ -47,13 +48,6 @@ class PeerConfig:
     seed: int = 1
     device: str = "auto"
     pretrained: str = "pypi"
-
-
-def freeze_batchnorm(model: nn.Module) -> None:
-    """The peer's one line that matters: BatchNorm running statistics stay as pretrained."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
 
 
 def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Path:
@@ -93,7 +87,7 @@ def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Pat
     started = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
-        freeze_batchnorm(model)
+        freeze_batchnorm(model)  # the peer's one line that matters: BN statistics as pretrained
         bar = tqdm(loader, desc=f"peer epoch {epoch + 1}/{config.epochs}", leave=False)
         for images, labels in bar:
             images = to_model_input(images, device=device, channels_last=plan.channels_last)

@@ -104,10 +104,18 @@ class EmbeddingModel(nn.Module):
         if mode and not self._backbone_trainable:
             self.backbone.eval()
         elif mode and not self.bn_train:
-            for module in self.backbone.modules():
-                if isinstance(module, _BATCH_NORMS):
-                    module.eval()
+            freeze_batchnorm(self.backbone)
         return self
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Every BatchNorm layer of ``module`` to eval mode: running statistics stay as they are.
+
+    Call after ``module.train()``; the BN affine weights still train.
+    """
+    for layer in module.modules():
+        if isinstance(layer, _BATCH_NORMS):
+            layer.eval()
 
 
 def build_embedding_model(
