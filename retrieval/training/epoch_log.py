@@ -1,9 +1,15 @@
-"""Per-epoch CSV log beside the checkpoints (SPEC 3.9); appended across resumes."""
+"""Per-epoch logs (SPEC 3.9): the CSV beside the checkpoints, appended across resumes, and
+the console line."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retrieval.metrics import RetrievalMetrics
+    from retrieval.training.loop import EpochStats
 
 COLUMNS = (
     "epoch",
@@ -36,3 +42,16 @@ def _fmt(value: object) -> object:
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else value
+
+
+def epoch_line(epoch: int, phase: int, stats: EpochStats, metrics: RetrievalMetrics | None) -> str:
+    """The console line of one finished epoch (0-based ``epoch``), beside its CSV row."""
+    val = "no val split"
+    if metrics is not None:
+        val = (
+            f"val R@1 {metrics.recall_at_1:.4f} R@5 {metrics.recall_at_5:.4f} mAP {metrics.map:.4f}"
+        )
+    return (
+        f"epoch {epoch + 1} (phase {phase}): loss {stats.loss:.4f}, {val}, "
+        f"lr {stats.lr:.2e}, {stats.images_per_s:.1f} img/s"
+    )

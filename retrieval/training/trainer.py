@@ -28,7 +28,7 @@ from retrieval.metrics import RetrievalMetrics
 from retrieval.model.arcface import ArcFaceHead, dynamic_margins
 from retrieval.model.embedder import build_embedding_model
 from retrieval.training.distributed import DistContext, barrier, broadcast_object, device_for
-from retrieval.training.epoch_log import append_epoch_row
+from retrieval.training.epoch_log import append_epoch_row, epoch_line
 from retrieval.training.loop import EpochStats, StepSettings, TrainModule, train_one_epoch
 from retrieval.training.schedule import (
     LRSchedule,
@@ -310,7 +310,7 @@ class TrainingSession:
                     "epoch_time_s": seconds,
                 },
             )
-            print(_epoch_line(epoch, phase.number, stats, metrics), flush=True)
+            print(epoch_line(epoch, phase.number, stats, metrics), flush=True)
         return improved
 
     def fit(self, max_batches: int | None = None) -> TrainResult:
@@ -392,15 +392,3 @@ def _metrics_dict(metrics: RetrievalMetrics | None) -> dict[str, float] | None:
         "map": metrics.map,
         "identity_balanced_map": metrics.identity_balanced_map,
     }
-
-
-def _epoch_line(epoch: int, phase: int, stats: EpochStats, metrics: RetrievalMetrics | None) -> str:
-    val = "no val split"
-    if metrics is not None:
-        val = (
-            f"val R@1 {metrics.recall_at_1:.4f} R@5 {metrics.recall_at_5:.4f} mAP {metrics.map:.4f}"
-        )
-    return (
-        f"epoch {epoch + 1} (phase {phase}): loss {stats.loss:.4f}, {val}, "
-        f"lr {stats.lr:.2e}, {stats.images_per_s:.1f} img/s"
-    )
