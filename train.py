@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--head_lr_mult", type=float, help="lr of neck and ArcFace head = lr * this (default 1)"
     )
+    p.add_argument(
+        "--warmup_lr_mult", type=float, help="lr in the frozen warm-up = lr * this (default 1)"
+    )
     p.add_argument("--weight_decay", type=float, help="weight decay (default 0.01)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
     p.add_argument("--scheduler", choices=["cosine", "plateau"], help="default cosine restarts")

@@ -46,6 +46,7 @@ VARIANTS: dict[str, list[str]] = {
     "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1
     "head_lr": ["--head_lr_mult", "10"],  # neck and ArcFace head at 10x the backbone's lr
     "head_lr3": ["--head_lr_mult", "3"],  # a milder multiplier
+    "lp_ft": ["--warmup_lr_mult", "10"],  # LP-FT: the frozen warm-up (head only) at 10x lr
 }
 FLOOR = "floor"  # the frozen ImageNet backbone, cosine similarity, no training
 PEER = "peer"  # issue 5's off-the-shelf pytorch-metric-learning fine-tune (bench/peer.py)

@@ -87,6 +87,7 @@ class TrainConfig:
     batch_k: int = 4  # images per class
     lr: float = 1e-4
     head_lr_mult: float = 1.0  # neck, pooling, ArcFace head at lr * this (bench/RESULTS.md)
+    warmup_lr_mult: float = 1.0  # phase 1 (head only) at lr * this: LP-FT's probe step
     weight_decay: float = 0.01
     optimizer: str = "adamw"
     scheduler: str = "cosine"
@@ -108,6 +109,9 @@ class TrainConfig:
         _require(self.batch_k >= 1, f"--batch_k must be >= 1, got {self.batch_k}")
         _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _require(self.head_lr_mult > 0, f"--head_lr_mult must be > 0, got {self.head_lr_mult}")
+        _require(
+            self.warmup_lr_mult > 0, f"--warmup_lr_mult must be > 0, got {self.warmup_lr_mult}"
+        )
         _require(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}")
         _require(self.scheduler in SCHEDULERS, f"--scheduler must be one of {SCHEDULERS}")
         _require(self.patience >= 1, f"--patience must be >= 1, got {self.patience}")

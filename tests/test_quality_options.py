@@ -1,4 +1,4 @@
-"""GeM pooling, sub-center ArcFace, dynamic margins and head LR through the real train path."""
+"""GeM, sub-center ArcFace, dynamic margins, head and warm-up LR through the real train path."""
 
 from __future__ import annotations
 
@@ -43,3 +43,14 @@ def test_head_lr_mult_trains_the_head_faster_and_refuses_a_mismatched_resume(tmp
     capsys.readouterr()
     assert train.main([*argv, "--warmup_epochs", "1", "--head_lr_mult", "1"]) == 2
     assert "resume with --head_lr_mult 10" in capsys.readouterr().err
+
+
+def test_warmup_lr_mult_runs_the_frozen_warmup_at_its_own_rate(tmp_path):
+    _, workdir = train_tiny(tmp_path, epochs=2, extra=("--warmup_lr_mult", "10"))
+    with (workdir / "checkpoints" / "train_log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["phase"] for row in rows] == ["1", "2"]
+    assert float(rows[0]["lr"]) == 10 * 1e-3  # the warm-up: only the head trains
+    assert float(rows[1]["lr"]) <= 1e-3  # phase 2: the cosine schedule from the base lr
+    state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
+    assert state["config"]["train"]["warmup_lr_mult"] == 10

@@ -65,6 +65,22 @@ def test_head_lr_mult_gives_the_head_its_own_group_that_the_schedule_scales_alik
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5, 5.0], abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["cosine", "plateau"])
+def test_warmup_lr_mult_scales_the_warmup_only_and_phase_two_starts_at_base(name):
+    groups = param_groups([torch.nn.Parameter(torch.zeros(2))], [], lr=1.0, head_lr_mult=2.0)
+    opt = build_optimizer(groups, name="adamw", lr=1.0, weight_decay=0)
+    schedule = LRSchedule(opt, name=name, warmup_epochs=2, warmup_lr_mult=10.0)
+    for epoch in (0, 1):
+        schedule.start_epoch(epoch)
+        schedule.step_batch(epoch, 0.5)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([10.0, 20.0])
+    schedule.start_epoch(2)  # phase 2 starts at the base rates, for plateau as for cosine
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1.0, 2.0])
+    opt.param_groups[0]["lr"] = 0.25  # e.g. a plateau cut later on: left alone
+    schedule.start_epoch(3)
+    assert opt.param_groups[0]["lr"] == 0.25
+
+
 def test_frozen_parameters_are_not_updated_by_the_shared_optimizer():
     frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
     live = torch.nn.Parameter(torch.ones(2))

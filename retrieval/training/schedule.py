@@ -72,13 +72,25 @@ def build_optimizer(
 class LRSchedule:
     """Cosine warm restarts (T_0=10, T_mult=2) or ReduceLROnPlateau, over phase 2 only.
 
-    The warm-up phase runs at the base learning rate; phase-2 time is counted from its first
-    epoch so that the first cosine cycle starts at the full rate.
+    The warm-up phase runs at the base learning rate times ``warmup_lr_mult``: only the head
+    side trains then (the backbone is frozen), so this is the linear-probe step of LP-FT at
+    its own rate. Phase-2 time is counted from its first epoch so that the first cosine cycle
+    starts at the full base rate.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, name: str, warmup_epochs: int):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        name: str,
+        warmup_epochs: int,
+        warmup_lr_mult: float = 1.0,
+    ):
         self.name = name
         self.warmup_epochs = warmup_epochs
+        self.warmup_lr_mult = warmup_lr_mult
+        self.optimizer = optimizer
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         if name == "plateau":
             self.scheduler: torch.optim.lr_scheduler.LRScheduler | object = (
                 torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -89,6 +101,17 @@ class LRSchedule:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
                 optimizer, T_0=10, T_mult=2
             )
+
+    def start_epoch(self, epoch: int) -> None:
+        """Warm-up epochs at base lr x ``warmup_lr_mult``; the first phase-2 epoch back at base.
+
+        Set at every epoch start rather than once, so a run resumed mid-warm-up gets it too.
+        """
+        if self.warmup_lr_mult == 1.0 or epoch > self.warmup_epochs:
+            return
+        factor = self.warmup_lr_mult if epoch < self.warmup_epochs else 1.0
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
 
     def step_batch(self, epoch: int, fraction: float) -> None:
         """Per-iteration update (cosine only); ``fraction`` of the epoch done, in [0, 1)."""

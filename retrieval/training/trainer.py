@@ -106,7 +106,10 @@ class TrainingSession:
             groups, name=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay
         )
         self.schedule = LRSchedule(
-            self.optimizer, name=tc.scheduler, warmup_epochs=lc.warmup_epochs
+            self.optimizer,
+            name=tc.scheduler,
+            warmup_epochs=lc.warmup_epochs,
+            warmup_lr_mult=tc.warmup_lr_mult,
         )
         self.scaler = make_grad_scaler(self.plan)
 
