@@ -13,13 +13,12 @@ from PIL import Image
 
 from retrieval.data.images import load_rgb
 from retrieval.errors import InputError
-from retrieval.report.figures import (
+from retrieval.report.figures import class_colours, save_figures
+from retrieval.report.grid import (
     MATCH_COLOUR,
     MISMATCH_COLOUR,
     PLACEHOLDER_GREY,
-    class_colours,
     pick_grid_queries,
-    save_figures,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,8 +2,9 @@
 
 Numbers say how good a model is; pictures say why: a t-SNE map shows which individuals the
 embedding mixes up, the per-class AP chart shows which identities drag the balanced mAP down,
-the retrieval grid shows real queries with their top-5 gallery matches framed green (same
-class) or red, and the confusion chart lists the most frequent mistakes.
+the retrieval grid (``retrieval.report.grid``) shows real queries with their top-5 gallery
+matches framed green (same class) or red, and the confusion chart lists the most frequent
+mistakes.
 
 Figures are built with ``matplotlib.figure.Figure`` and saved through the Agg renderer, never
 through ``matplotlib.pyplot``: no GUI backend is selected, no global figure registry fills up
@@ -21,47 +22,25 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image, ImageOps
+from PIL import Image
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from retrieval.errors import InputError
-from retrieval.io import atomic_path
+from retrieval.report.grid import MISMATCH_COLOUR, pick_grid_queries, retrieval_grid
+from retrieval.report.png import save_png, short_label
 
-MATCH_COLOUR = "#1a9641"  # gallery tile of the query's class
-MISMATCH_COLOUR = "#d7191c"  # gallery tile of another class
-QUERY_COLOUR = "#2b2b2b"  # frame of the query tile
-PLACEHOLDER_GREY = (170, 170, 170)  # tile whose image could not be loaded
 TSNE_MAX_POINTS = 3000  # t-SNE is O(n log n) per iteration; more points add little to the picture
 # Below this many points t-SNE runs on one OpenMP thread: its 1,000 iterations each open a
 # parallel region, and on a busy CPU the barrier waits cost 50x the work (60 points: 9 s vs 0.2 s).
 TSNE_PARALLEL_MIN_POINTS = 1000
 LEGEND_MAX_CLASSES = 20
 AP_TICK_MAX_CLASSES = 60
-GRID_TOP_K = 5
-THUMB_PX = 192  # grid images are scaled to fit this square (48 tiles of 480 px: ~33 MB)
-_FRAME_PX, _GAP_PX, _TITLE_PX, _HEADER_PX = 6, 14, 30, 56  # grid mosaic layout, in pixels
-_BOX_PX = THUMB_PX + 2 * _FRAME_PX
-_BICUBIC = Image.Resampling.BICUBIC
-DPI = 100
 _GOLDEN = 0.6180339887498949  # hue step that keeps neighbouring class indices far apart
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _save_png(fig: Figure, path: Path, *, tight: bool = True) -> Path:
-    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then replace).
-
-    ``tight`` crops to the drawn content (long tick labels, outside legends); the grid, laid out
-    in pixels, is saved at exactly its size.
-    """
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
-    return path
 
 
 def _notice(fig: Figure, path: Path, title: str, text: str) -> Path:
@@ -70,12 +49,7 @@ def _notice(fig: Figure, path: Path, title: str, text: str) -> Path:
     ax.set_title(title)
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=16)
     ax.set_axis_off()
-    return _save_png(fig, path)
-
-
-def _short(name: str, max_chars: int) -> str:
-    """``name`` cut to ``max_chars`` with an ellipsis, so long IDs do not overlap their tiles."""
-    return name if len(name) <= max_chars else name[: max_chars - 1] + "…"
+    return save_png(fig, path)
 
 
 def class_colours(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -124,7 +98,7 @@ def _embedding_map(
     ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=14 if n <= 500 else 5, linewidths=0)
     if len(class_names) <= LEGEND_MAX_CLASSES:
         for c, colour in zip(present, class_colours(present, len(class_names)), strict=True):
-            ax.scatter([], [], color=colour, label=_short(class_names[c], 24))  # legend entry
+            ax.scatter([], [], color=colour, label=short_label(class_names[c], 24))  # legend entry
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     sampled = f" (random {n} of {n_total})" if n < n_total else ""
     ax.set_title(
@@ -133,7 +107,7 @@ def _embedding_map(
     )
     ax.set_xticks([])
     ax.set_yticks([])
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def _per_class_ap_chart(
@@ -156,13 +130,13 @@ def _per_class_ap_chart(
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylabel("average precision")
     if show_names:
-        ax.set_xticks(np.arange(n), [_short(class_names[c], 20) for c, _ in items])
+        ax.set_xticks(np.arange(n), [short_label(class_names[c], 20) for c, _ in items])
         ax.tick_params(axis="x", labelrotation=90, labelsize=8)
     else:
         ax.set_xticks([])
         ax.set_xlabel(f"{n} classes, best to worst (names omitted; see the per-class AP table)")
     ax.set_title(f"{split}: per-class AP of {n} classes, sorted")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def _confusion_chart(path: Path, *, split: str, pairs: list[tuple[str, str, int]]) -> Path:
@@ -173,7 +147,7 @@ def _confusion_chart(path: Path, *, split: str, pairs: list[tuple[str, str, int]
         return _notice(fig, path, title, "no confusions")
     ax = fig.subplots()
     ax.set_title(title)
-    names = [f"{_short(t, 28)} → {_short(p, 28)}" for t, p, _ in pairs]
+    names = [f"{short_label(t, 28)} → {short_label(p, 28)}" for t, p, _ in pairs]
     counts = [int(c) for _, _, c in pairs]
     bars = ax.barh(np.arange(len(pairs)), counts, color=MISMATCH_COLOUR)
     ax.bar_label(bars, padding=3, fontsize=8)
@@ -182,112 +156,7 @@ def _confusion_chart(path: Path, *, split: str, pairs: list[tuple[str, str, int]
     ax.set_xlabel("queries")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0, max(counts) * 1.15)
-    return _save_png(fig, path)
-
-
-def pick_grid_queries(top1_correct: np.ndarray, *, n_rows: int, seed: int) -> np.ndarray:
-    """Which queries the retrieval grid shows: (R,) int64 indices, correct ones first.
-
-    ``top1_correct``: (Q,) bool. When both kinds exist, about half the rows are top-1 mistakes
-    (the interesting ones) and the rest successes; a short kind is topped up by the other.
-    """
-    top1_correct = np.asarray(top1_correct, dtype=bool)
-    rng = np.random.default_rng(seed)
-    right, wrong = np.flatnonzero(top1_correct), np.flatnonzero(~top1_correct)
-    n_rows = min(int(n_rows), top1_correct.size)
-    n_wrong = min(wrong.size, max(n_rows - right.size, (n_rows + 1) // 2))
-    n_right = n_rows - n_wrong
-    picked_right = np.sort(rng.choice(right, n_right, replace=False))
-    picked_wrong = np.sort(rng.choice(wrong, n_wrong, replace=False))
-    return np.concatenate([picked_right, picked_wrong]).astype(np.int64)
-
-
-def _thumbnail(path: str, loader: Callable[[Path], Image.Image]) -> np.ndarray | None:
-    """(h, w, 3) uint8 image scaled to fit THUMB_PX square, or None when it cannot be loaded."""
-    try:
-        im = loader(Path(path))
-    except Exception:  # any reader error: the grid shows a placeholder instead of failing
-        return None
-    return np.asarray(ImageOps.contain(im.convert("RGB"), (THUMB_PX, THUMB_PX), _BICUBIC))
-
-
-def _cell_origin(row: int, col: int) -> tuple[int, int]:
-    """Top-left pixel (x, y) of a framed cell in the grid mosaic; the query column stands apart."""
-    x = _GAP_PX + col * (_BOX_PX + _GAP_PX) + (2 * _GAP_PX if col else 0)
-    y = _HEADER_PX + row * (_TITLE_PX + _BOX_PX + _GAP_PX) + _TITLE_PX
-    return x, y
-
-
-def _paint_cell(
-    canvas: np.ndarray, ax: Axes, row: int, col: int, pixels: np.ndarray | None, frame: str
-) -> None:
-    """Frame of colour ``frame`` around the centred image, or a grey "missing" placeholder.
-
-    canvas: (H, W, 3) uint8 mosaic, painted in place; ``ax`` receives the placeholder's text.
-    """
-    x, y = _cell_origin(row, col)
-    canvas[y : y + _BOX_PX, x : x + _BOX_PX] = np.round(np.array(to_rgb(frame)) * 255)
-    inner = canvas[y + _FRAME_PX : y + _BOX_PX - _FRAME_PX, x + _FRAME_PX : x + _BOX_PX - _FRAME_PX]
-    if pixels is None:
-        inner[:] = PLACEHOLDER_GREY
-        ax.text(x + _BOX_PX / 2, y + _BOX_PX / 2, "missing", ha="center", va="center")
-        return
-    inner[:] = 255
-    h, w = pixels.shape[:2]
-    top, left = (THUMB_PX - h) // 2, (THUMB_PX - w) // 2
-    inner[top : top + h, left : left + w] = pixels
-
-
-def _retrieval_grid(
-    path: Path,
-    *,
-    split: str,
-    rows: np.ndarray,
-    query_labels: np.ndarray,
-    class_names: list[str],
-    query_paths: Sequence[str],
-    top_paths: Sequence[Sequence[str]],
-    top_labels: np.ndarray,
-    image_loader: Callable[[Path], Image.Image],
-) -> Path:
-    """One row per picked query: the query, then its top-5 framed green (same class) or red.
-
-    The tiles are painted into one pixel mosaic placed 1:1 on the figure, with the texts in
-    one invisible axes: 48 matplotlib axes would take seconds to lay out and draw.
-    """
-    width = _cell_origin(0, GRID_TOP_K)[0] + _BOX_PX + _GAP_PX
-    height = _cell_origin(max(len(rows), 1) - 1, 0)[1] + _BOX_PX + _GAP_PX
-    canvas = np.full((height, width, 3), 255, dtype=np.uint8)  # (H, W, 3) uint8
-    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    ax = fig.add_axes((0, 0, 1, 1))
-    title = f"{split}: queries (left) and their top-{GRID_TOP_K} gallery matches\n"
-    title += "frame: green = same class as the query, red = another class"
-    ax.text(width / 2, _HEADER_PX / 2, title, ha="center", va="center", fontsize=12)
-    if len(rows) == 0:
-        ax.text(width / 2, _HEADER_PX + _BOX_PX / 2, "no queries", ha="center", size=14)
-    for r, q in enumerate(rows):
-        truth = int(query_labels[q])
-        verdict = "right" if top_labels.shape[1] and top_labels[q, 0] == truth else "wrong"
-        texts = [(f"query: {_short(class_names[truth], 22)}\n(top-1 {verdict})", "black")]
-        _paint_cell(canvas, ax, r, 0, _thumbnail(query_paths[q], image_loader), QUERY_COLOUR)
-        for k in range(GRID_TOP_K):
-            label = int(top_labels[q, k]) if k < top_labels.shape[1] else -1
-            if label < 0 or k >= len(top_paths[q]):  # fewer than 5 neighbours in the gallery
-                x, y = _cell_origin(r, 1 + k)
-                ax.text(x + _BOX_PX / 2, y + _BOX_PX / 2, "no match", ha="center", color="grey")
-                texts.append(("", "grey"))
-                continue
-            colour = MATCH_COLOUR if label == truth else MISMATCH_COLOUR
-            _paint_cell(canvas, ax, r, 1 + k, _thumbnail(top_paths[q][k], image_loader), colour)
-            texts.append((f"#{k + 1} {_short(class_names[label], 24)}", colour))
-        for col, (text, colour) in enumerate(texts):
-            x, y = _cell_origin(r, col)
-            ax.text(x + _BOX_PX / 2, y - 4, text, ha="center", va="bottom", size=8, color=colour)
-    fig.figimage(canvas, origin="upper", zorder=-1)  # pixels 1:1, under the texts
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)  # axes coordinates = mosaic pixels, y down, for the texts
-    ax.set_axis_off()
-    return _save_png(fig, path, tight=False)
+    return save_png(fig, path)
 
 
 def _check_inputs(
@@ -396,7 +265,7 @@ def save_figures(
             class_names=class_names,
         ),
         partial(
-            _retrieval_grid,
+            retrieval_grid,
             out_dir / name.format("retrieval_grid"),
             rows=rows,
             query_labels=query_labels,
