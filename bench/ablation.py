@@ -46,6 +46,7 @@ VARIANTS: dict[str, list[str]] = {
     "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1
     "head_lr": ["--head_lr_mult", "10"],  # neck and ArcFace head at 10x the backbone's lr
     "head_lr3": ["--head_lr_mult", "3"],  # a milder multiplier
+    "head_lr_low": ["--head_lr_mult", "0.3"],  # the other way: the backbone does the work
     "lp_ft": ["--warmup_lr_mult", "10"],  # LP-FT: the frozen warm-up (head only) at 10x lr
     "slow_backbone": ["--lr", "1e-4", "--head_lr_mult", "3"],  # head as plain, backbone at 1/3
     "probe": ["--warmup_epochs", "EPOCHS"],  # backbone frozen throughout: neck and head train

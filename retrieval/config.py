@@ -87,7 +87,7 @@ class TrainConfig:
     batch_k: int = 4  # images per class
     lr: float = 1e-4
     head_lr_mult: float = 1.0  # neck, pooling, ArcFace head at lr * this (bench/RESULTS.md)
-    warmup_lr_mult: float = 1.0  # phase 1 (head only) at lr * this: LP-FT's probe step
+    warmup_lr_mult: float = 1.0  # phase 1 (head only) at lr * this; x10 hurt (RESULTS.md)
     weight_decay: float = 0.01
     optimizer: str = "adamw"
     scheduler: str = "cosine"

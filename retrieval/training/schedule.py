@@ -74,8 +74,9 @@ class LRSchedule:
 
     The warm-up phase runs at the base learning rate times ``warmup_lr_mult``: only the head
     side trains then (the backbone is frozen), so this is the linear-probe step of LP-FT at
-    its own rate. Phase-2 time is counted from its first epoch so that the first cosine cycle
-    starts at the full base rate.
+    its own rate. Measured at x10 (bench/RESULTS.md) it fits the neck to the trained
+    individuals and costs open-set mAP, so the default stays 1. Phase-2 time is counted from
+    its first epoch so that the first cosine cycle starts at the full base rate.
     """
 
     def __init__(
