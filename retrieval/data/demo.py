@@ -6,9 +6,10 @@ layout (rosettes and spots), not in its colour: a few base coats are shared by m
 individuals. Each encounter (one group, SPEC 1.1) is one pose, background, occluder and light;
 its shots are burst shots with small jitter, so a group never has to cross splits.
 
-Only numpy (one explicit Generator per individual / encounter) and PIL are used, so the same
-spec gives the same images. The folder is written to a temporary sibling and renamed into
-place; a marker holding the spec is written last, so a crashed run is detected and redone.
+The pixels come from ``retrieval.data.demo_images`` (one seeded Generator per individual /
+encounter), so the same spec gives the same images. The folder is written to a temporary
+sibling and renamed into place; a marker holding the spec is written last, so a crashed run
+is detected and redone.
 """
 
 from __future__ import annotations
