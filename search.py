@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.cli import add_workdir_args, cli_main, workspace_from_args
+from retrieval.cli import add_bool_flag, add_workdir_args, cli_main, workspace_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="pairs: re-rank the test-vs-test matrix (query expansion / k-reciprocal), "
         "parameters chosen on the val split",
+    )
+    add_bool_flag(
+        p,
+        "closed_set",
+        "pairs: every image shows an individual of the gallery (as in Kaggle re-ID test sets); "
+        "blend each score with the agreement of the two images' gallery class votes, "
+        "parameters chosen on the val split (default: false)",
     )
     p.add_argument("--enroll", help="add a folder {class}/{ID}_{seq}.jpg or a manifest")
     p.add_argument("--image_root", help="folder the --enroll manifest's files are in")
@@ -61,7 +68,13 @@ def _run(args: argparse.Namespace) -> int:
         images_dir = Path(args.images_dir) if args.images_dir else pairs.parent / "test"
         params = _rerank_params(ws, args)
         summary = score_pairs_file(
-            ws, pairs, images_dir, Path(args.out), rerank=args.rerank, rerank_params=params
+            ws,
+            pairs,
+            images_dir,
+            Path(args.out),
+            rerank=args.rerank,
+            rerank_params=params,
+            closed_set=_closed_set_params(ws, args, params) if args.closed_set else None,
         )
         print(
             f"wrote {args.out}: {summary.rows} pairs over {summary.images} images "
@@ -88,6 +101,26 @@ def _rerank_params(ws, args: argparse.Namespace) -> dict | None:
         f"{tuned.val_map:.3f}, {tuned.val_map_plain:.3f} without re-ranking)"
     )
     return tuned.params
+
+
+def _closed_set_params(ws, args: argparse.Namespace, rerank_params: dict | None):
+    """The closed-set weight chosen on val after the same re-ranking (ONNX: the default)."""
+    from retrieval.query import ClosedSetPrior, tune_closed_set_on_val
+
+    if args.onnx:
+        from retrieval.class_prior import DEFAULT_PARAMS
+
+        return ClosedSetPrior(dict(DEFAULT_PARAMS))
+    prior = tune_closed_set_on_val(ws, args.rerank, rerank_params)
+    voters = 0 if prior.voter_labels is None else len(prior.voter_labels)
+    chosen = (
+        "default (no individual twice in val)"
+        if prior.val_map != prior.val_map
+        else f"chosen on val (identity-balanced mAP {prior.val_map:.3f}, "
+        f"{prior.val_map_plain:.3f} without it)"
+    )
+    print(f"--closed_set: {prior.params} {chosen}; {voters} val photos vote beside the gallery")
+    return prior
 
 
 def _onnx_workspace(args: argparse.Namespace, workdir: Path):

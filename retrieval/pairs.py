@@ -65,7 +65,7 @@ def missing_images(names: list[str], images_dir: Path) -> list[str]:
     return [name for name in names if not (images_dir / name).is_file()]
 
 
-def _rows_of(pairs_df: pd.DataFrame, names: list[str], n_rows: int) -> tuple[np.ndarray, ...]:
+def pair_rows(pairs_df: pd.DataFrame, names: list[str], n_rows: int) -> tuple[np.ndarray, ...]:
     """Embedding row of each pair's query and gallery image: two (n_pairs,) int64 arrays."""
     if len(names) != n_rows:
         raise InputError(f"got {len(names)} names for {n_rows} embedding rows; need one per row")
@@ -97,7 +97,7 @@ def score_pairs(pairs_df: pd.DataFrame, names: list[str], embeddings: np.ndarray
     if not (np.isfinite(norms).all() and (norms > 1e-12).all()):
         raise InputError("embeddings have NaN/inf or zero rows; re-embed those images")
     unit = embeddings / norms
-    query_rows, gallery_rows = _rows_of(pairs_df, names, unit.shape[0])
+    query_rows, gallery_rows = pair_rows(pairs_df, names, unit.shape[0])
     out = np.empty(query_rows.shape[0], dtype=np.float32)
     for start in range(0, out.shape[0], PAIR_CHUNK_ROWS):
         stop = start + PAIR_CHUNK_ROWS
@@ -117,7 +117,7 @@ def score_pairs_from_matrix(
     similarity = np.asarray(similarity)
     if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
         raise InputError(f"similarity must be a square (N, N) matrix, got {similarity.shape}")
-    query_rows, gallery_rows = _rows_of(pairs_df, names, similarity.shape[0])
+    query_rows, gallery_rows = pair_rows(pairs_df, names, similarity.shape[0])
     return similarity[query_rows, gallery_rows].astype(np.float32)
 
 

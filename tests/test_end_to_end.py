@@ -102,31 +102,59 @@ def test_search_table_over_a_folder(trained, capsys):
     assert len(match_lines) == 2 * len(list((data / "blue").glob("*.jpg")))
 
 
-def test_pairs_submission_keeps_rows_and_order(trained, tmp_path, capsys):
-    data, workdir = trained
-    images = sorted(p.name for p in (data / "green").glob("*.jpg"))
-    folder = data / "green"
-    pairs = tmp_path / "test.csv"
+def write_pairs(folder: Path, pairs: Path) -> list[tuple[str, str, str]]:
+    """Every ordered pair of the folder's images as a Kaggle pairs CSV; returns the rows."""
+    images = sorted(p.name for p in folder.glob("*.jpg"))
     rows = [(f"r{i}", a, b) for i, (a, b) in enumerate((a, b) for a in images for b in images)]
     with pairs.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["row_id", "query_image", "gallery_image"])
         writer.writerows(rows)
+    return rows
+
+
+def read_scores(submission: Path) -> tuple[list[str], list[float]]:
+    with submission.open() as handle:
+        got = list(csv.DictReader(handle))
+    return [g["row_id"] for g in got], [float(g["similarity"]) for g in got]
+
+
+def test_pairs_submission_keeps_rows_and_order(trained, tmp_path, capsys):
+    data, workdir = trained
+    folder = data / "green"
+    pairs = tmp_path / "test.csv"
+    rows = write_pairs(folder, pairs)
     for rerank in ("none", "qe", "kr"):
         out = tmp_path / f"submission_{rerank}.csv"
         argv = ["--pairs", str(pairs), "--images", str(folder), "--out", str(out)]
         assert search.main([*argv, "--workdir", str(workdir), "--rerank", rerank]) == 0
         out_text = capsys.readouterr().out
         assert ("chosen on val" in out_text) == (rerank != "none")  # parameters from val
-        with out.open() as handle:
-            got = list(csv.DictReader(handle))
-        assert [r["row_id"] for r in got] == [r[0] for r in rows]
-        scores = [float(g["similarity"]) for g in got]
+        row_ids, scores = read_scores(out)
+        assert row_ids == [r[0] for r in rows]
         self_scores = [s for s, r in zip(scores, rows, strict=True) if r[1] == r[2]]
         other = [s for s, r in zip(scores, rows, strict=True) if r[1] != r[2]]
         assert min(self_scores) >= max(other) - 1e-6  # an image is most similar to itself
         if rerank == "none":
             assert all(s == pytest.approx(1.0, abs=1e-4) for s in self_scores)
+
+
+def test_pairs_closed_set_blends_each_score_with_the_gallery_vote(trained, tmp_path, capsys):
+    data, workdir = trained
+    pairs = tmp_path / "test.csv"
+    rows = write_pairs(data / "green", pairs)
+    argv = ["--pairs", str(pairs), "--images", str(data / "green"), "--workdir", str(workdir)]
+    assert search.main([*argv, "--out", str(tmp_path / "plain.csv")]) == 0
+    assert search.main([*argv, "--out", str(tmp_path / "cs.csv"), "--closed_set"]) == 0
+    out = capsys.readouterr().out
+    assert "--closed_set:" in out and "val photos vote beside the gallery" in out
+    weight = float(re.search(r"'weight': ([0-9.]+)", out).group(1))
+    plain_ids, plain = read_scores(tmp_path / "plain.csv")
+    cs_ids, closed = read_scores(tmp_path / "cs.csv")
+    assert cs_ids == plain_ids == [r[0] for r in rows]
+    for cosine, blended in zip(plain, closed, strict=True):
+        agreed = (blended - (1 - weight) * cosine) / weight  # p_a . p_b of the two photos
+        assert -1e-4 <= agreed <= 1 + 1e-4
 
 
 def test_pairs_with_missing_images_lists_them(trained, tmp_path, capsys):
