@@ -16,12 +16,14 @@ import torch.nn.functional as F
 from ablation_data import CellRecords
 from peer import PEER_BACKBONE, load_peer
 
+from retrieval.class_prior import TOP_K, agreement_matrix, blend, class_posterior, tune_prior
 from retrieval.data.records import ImageRecord
 from retrieval.flips import choose_flip_policy, embed_with_mirrors, mirror_report
 from retrieval.inference import load_inference_model
 from retrieval.metrics import evaluate_retrieval
 from retrieval.model.pretrained import create_backbone
-from retrieval.rerank_tune import score_set, tune_rerank
+from retrieval.neighbours import top_k_cosine
+from retrieval.rerank_tune import score_set, set_identity_map, tune_rerank
 from retrieval.workspace import inference_plan
 
 RERANKS = ("none", "qe", "kr")
@@ -83,6 +85,40 @@ def _set_options(val: dict, val_labels, target: dict, target_labels, prefix: str
     return {"metrics": metrics, "params": chosen}
 
 
+def _hits(x: np.ndarray, voters: np.ndarray, voter_labels: np.ndarray):
+    scores, rows = top_k_cosine(x, voters, min(TOP_K, len(voters)))
+    return scores, voter_labels[rows]
+
+
+def _closed_set(val, val_labels, target, target_labels, train, train_labels) -> dict:
+    """``search.py --closed_set`` on embeddings: the weight chosen on val with train photos
+    voting, then the target set scored with train alone and with train + val voting."""
+    tuned = tune_prior(val @ val.T, *_hits(val, train, train_labels), val_labels)
+    t, w = tuned.params["temperature"], tuned.params["weight"]
+    out = {}
+    for key, voters, voter_labels in (
+        ("train", train, train_labels),
+        ("all", np.vstack([train, val]), np.concatenate([train_labels, val_labels])),
+    ):
+        agreed = agreement_matrix(class_posterior(*_hits(target, voters, voter_labels), t))
+        out[key] = set_identity_map(blend(target @ target.T, agreed, w), target_labels)
+    return {**out, "val_map": tuned.val_map, "weight": w}
+
+
+def _closed_set_options(val, val_labels, target, target_labels, train, train_labels, prefix):
+    """The closed-set prior per view (no re-ranking), as metrics and chosen weights."""
+    metrics, chosen = {}, {}
+    for view in VIEWS:
+        cs = _closed_set(
+            val[view], val_labels, target[view], target_labels, train[view], train_labels
+        )
+        key = prefix + ("_tta" if view == "tta" else "") + "_cs"
+        metrics[key], metrics[key + "_train"] = cs["all"], cs["train"]
+        metrics[key.replace(prefix, "val_map", 1)] = cs["val_map"]
+        chosen[key] = {"weight": cs["weight"]}
+    return metrics, chosen
+
+
 def score_cell(
     model_file: Path | None,
     records: CellRecords,
@@ -99,13 +135,19 @@ def score_cell(
     train_labels, val_labels, test_labels = _int_labels(p.train, p.val, p.test)
     val = _views(model, p.val, size, plan)
     test = _views(model, p.test, size, plan)
+    gallery = _views(model, p.train, size, plan)
     if mode == "pairs":
-        out = _set_options(val, val_labels, test, test_labels, "test_map")
+        target, target_labels, prefix = test, test_labels, "test_map"
     else:
-        (held_labels,) = _int_labels(records.held_out)
-        held = _views(model, records.held_out, size, plan)
-        out = _set_options(val, val_labels, held, held_labels, "open_map")
-        gallery = _views(model, p.train, size, plan)
+        (target_labels,) = _int_labels(records.held_out)
+        target, prefix = _views(model, records.held_out, size, plan), "open_map"
+    out = _set_options(val, val_labels, target, target_labels, prefix)
+    metrics, chosen = _closed_set_options(
+        val, val_labels, target, target_labels, gallery, train_labels, prefix
+    )
+    out["metrics"].update(metrics)
+    out["params"].update(chosen)
+    if mode == "gallery":
         for view in VIEWS:
             m = evaluate_retrieval(test[view], test_labels, gallery[view], train_labels)
             suffix = "" if view == "plain" else "_tta"
@@ -128,6 +170,9 @@ COLUMNS = {
         ("test_map_kr", "+k-recip."),
         ("test_map_tta_qe", "+TTA+QE"),
         ("test_map_tta_kr", "+TTA+k-recip."),
+        ("test_map_cs_train", "+closed set (train votes)"),
+        ("test_map_cs", "+closed set"),
+        ("test_map_tta_cs", "+TTA+closed set"),
     ],
     "gallery": [
         ("val_map", "val mAP"),
@@ -138,6 +183,7 @@ COLUMNS = {
         ("open_map_tta", "open +TTA"),
         ("open_map_qe", "open +QE"),
         ("open_map_kr", "open +k-recip."),
+        ("open_map_cs", "open +closed set"),
     ],
 }
 
@@ -182,7 +228,10 @@ def write_table(results: list[dict], *, mode: str, variants: Sequence[str]) -> s
         cells = [r for r in results if r["variant"] == variant]
         if not cells:
             continue
-        row = [_cell_text([c["metrics"][key] for c in cells]) for key, _ in columns]
+        row = [  # "-" where a cell was scored before the column existed (--rescore)
+            _cell_text([c["metrics"][key] for c in cells if key in c["metrics"]])
+            for key, _ in columns
+        ]
         mirror = _cell_text([c["mirror"]["mirror_similarity"] for c in cells])
         seeds = ",".join(str(c["seed"]) for c in cells)
         lines.append(f"| {variant} | {seeds} | " + " | ".join(row) + f" | {mirror} |")

@@ -29,13 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--tta", choices=["none", "flip"], default="none")
     p.add_argument("--rerank", choices=["none", "qe", "kr"], default="none")
+    p.add_argument("--closed_set", action="store_true", help="blend in the gallery's class votes")
     args = p.parse_args(argv)
 
     import pandas as pd
 
     from retrieval.cli import default_checkpoint
     from retrieval.kaggle_score import holdout_pairs, identity_balanced_map
-    from retrieval.query import score_pairs_file, tune_rerank_on_val
+    from retrieval.query import score_pairs_file, tune_closed_set_on_val, tune_rerank_on_val
     from retrieval.workspace import open_workspace, prepare_for
 
     workdir = Path(args.workdir)
@@ -50,8 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     pairs_csv, submission = results / "holdout_pairs.csv", results / "holdout_submission.csv"
     pairs.to_csv(pairs_csv, index=False)
     params = None if args.rerank == "none" else tune_rerank_on_val(ws, args.rerank).params
+    prior = tune_closed_set_on_val(ws, args.rerank, params) if args.closed_set else None
     summary = score_pairs_file(
-        ws, pairs_csv, images_dir, submission, rerank=args.rerank, rerank_params=params
+        ws,
+        pairs_csv,
+        images_dir,
+        submission,
+        rerank=args.rerank,
+        rerank_params=params,
+        closed_set=prior,
     )
     similarity = pd.read_csv(submission)["similarity"].to_numpy()
     ib_map, per_identity = identity_balanced_map(pairs, similarity, labels)
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "tta": args.tta,
         "rerank": args.rerank,
         "rerank_params": params,
+        "closed_set": prior and prior.params,
     }
     print(json.dumps(result, indent=2))
     return 0
