@@ -62,20 +62,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.enroll or args.remove:
         return _change_gallery(ws, args)
     if args.pairs:
-        from retrieval.query import score_pairs_file
+        from retrieval.pairs_query import choose_pair_options, score_pairs_file
 
         pairs = Path(args.pairs)
         images_dir = Path(args.images_dir) if args.images_dir else pairs.parent / "test"
-        params = _rerank_params(ws, args)
-        summary = score_pairs_file(
-            ws,
-            pairs,
-            images_dir,
-            Path(args.out),
-            rerank=args.rerank,
-            rerank_params=params,
-            closed_set=_closed_set_params(ws, args, params) if args.closed_set else None,
+        options = choose_pair_options(
+            ws, rerank=args.rerank, closed_set=bool(args.closed_set), tune=not args.onnx
         )
+        for note in options.notes:
+            print(note)
+        summary = score_pairs_file(ws, pairs, images_dir, Path(args.out), options)
         print(
             f"wrote {args.out}: {summary.rows} pairs over {summary.images} images "
             f"(embedding {summary.embed_seconds:.1f} s, scoring {summary.score_seconds:.2f} s)"
@@ -87,40 +83,6 @@ def _run(args: argparse.Namespace) -> int:
     answers = answer_images(ws, args.images, top_k=args.top_k)
     print(render(answers, args.format))
     return 1 if any(a.error for a in answers) else 0
-
-
-def _rerank_params(ws, args: argparse.Namespace) -> dict | None:
-    """Re-ranking parameters chosen on the val split (the ONNX path keeps the defaults)."""
-    if args.rerank == "none" or args.onnx:
-        return None
-    from retrieval.query import tune_rerank_on_val
-
-    tuned = tune_rerank_on_val(ws, args.rerank)
-    print(
-        f"--rerank {args.rerank}: {tuned.params} chosen on val (identity-balanced mAP "
-        f"{tuned.val_map:.3f}, {tuned.val_map_plain:.3f} without re-ranking)"
-    )
-    return tuned.params
-
-
-def _closed_set_params(ws, args: argparse.Namespace, rerank_params: dict | None):
-    """The closed-set weight chosen on val after the same re-ranking (ONNX: the default)."""
-    from retrieval.query import ClosedSetPrior, tune_closed_set_on_val
-
-    if args.onnx:
-        from retrieval.class_prior import DEFAULT_PARAMS
-
-        return ClosedSetPrior(dict(DEFAULT_PARAMS))
-    prior = tune_closed_set_on_val(ws, args.rerank, rerank_params)
-    voters = 0 if prior.voter_labels is None else len(prior.voter_labels)
-    chosen = (
-        "default (no individual twice in val)"
-        if prior.val_map != prior.val_map
-        else f"chosen on val (identity-balanced mAP {prior.val_map:.3f}, "
-        f"{prior.val_map_plain:.3f} without it)"
-    )
-    print(f"--closed_set: {prior.params} {chosen}; {voters} val photos vote beside the gallery")
-    return prior
 
 
 def _onnx_workspace(args: argparse.Namespace, workdir: Path):

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from retrieval.cli import default_checkpoint
     from retrieval.kaggle_score import holdout_pairs, identity_balanced_map
-    from retrieval.query import score_pairs_file, tune_closed_set_on_val, tune_rerank_on_val
+    from retrieval.pairs_query import choose_pair_options, score_pairs_file
     from retrieval.workspace import open_workspace, prepare_for
 
     workdir = Path(args.workdir)
@@ -50,17 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     pairs_csv, submission = results / "holdout_pairs.csv", results / "holdout_submission.csv"
     pairs.to_csv(pairs_csv, index=False)
-    params = None if args.rerank == "none" else tune_rerank_on_val(ws, args.rerank).params
-    prior = tune_closed_set_on_val(ws, args.rerank, params) if args.closed_set else None
-    summary = score_pairs_file(
-        ws,
-        pairs_csv,
-        images_dir,
-        submission,
-        rerank=args.rerank,
-        rerank_params=params,
-        closed_set=prior,
-    )
+    options = choose_pair_options(ws, rerank=args.rerank, closed_set=args.closed_set)
+    summary = score_pairs_file(ws, pairs_csv, images_dir, submission, options)
     similarity = pd.read_csv(submission)["similarity"].to_numpy()
     ib_map, per_identity = identity_balanced_map(pairs, similarity, labels)
     result = {
@@ -72,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         "worst_identity_ap": round(min(per_identity.values()), 4),
         "tta": args.tta,
         "rerank": args.rerank,
-        "rerank_params": params,
-        "closed_set": prior and prior.params,
+        "rerank_params": options.rerank_params,
+        "closed_set": options.closed_set and options.closed_set.params,
     }
     print(json.dumps(result, indent=2))
     return 0

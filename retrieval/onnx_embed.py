@@ -193,8 +193,8 @@ def onnx_gallery_fingerprint(embedder: OnnxEmbedder) -> str:
 class OnnxWorkspace:
     """A saved gallery and the ONNX model it was embedded with, for search without torch.
 
-    Offers what ``retrieval.query.answer_images`` and ``score_pairs_file`` use of a
-    ``Workspace``: ``gallery``, ``tta`` and ``embed(records, desc=..., progress=...)``.
+    Offers what ``retrieval.query.answer_images`` and ``retrieval.pairs_query.score_pairs_file``
+    use of a ``Workspace``: ``gallery``, ``tta`` and ``embed(records, desc=..., progress=...)``.
     """
 
     embedder: OnnxEmbedder

@@ -147,7 +147,7 @@ def test_pairs_closed_set_blends_each_score_with_the_gallery_vote(trained, tmp_p
     assert search.main([*argv, "--out", str(tmp_path / "plain.csv")]) == 0
     assert search.main([*argv, "--out", str(tmp_path / "cs.csv"), "--closed_set"]) == 0
     out = capsys.readouterr().out
-    assert "--closed_set:" in out and "val photos vote beside the gallery" in out
+    assert "--closed_set:" in out and "val photos vote too" in out
     weight = float(re.search(r"'weight': ([0-9.]+)", out).group(1))
     plain_ids, plain = read_scores(tmp_path / "plain.csv")
     cs_ids, closed = read_scores(tmp_path / "cs.csv")

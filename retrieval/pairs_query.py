@@ -1,0 +1,228 @@
+"""The pairs mode end to end (SPEC 5.4): query-time options chosen on the val split, then
+every listed pair scored and written as a Kaggle submission.
+
+Why apart from :mod:`retrieval.query` (who is this photo?): a pairs run scores a whole set
+against itself, and its options (re-ranking, the closed-set prior) are tuned on val before
+the test images are embedded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from retrieval import class_prior
+from retrieval.data.records import ImageRecord, labels_of
+from retrieval.errors import InputError
+from retrieval.neighbours import top_k_cosine
+from retrieval.pairs import (
+    distinct_images,
+    missing_images,
+    pair_rows,
+    read_pairs,
+    score_pairs,
+    score_pairs_from_matrix,
+    write_submission,
+)
+from retrieval.rerank import rerank_similarity_matrix
+from retrieval.rerank_tune import TunedRerank, tune_rerank
+
+if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
+    from retrieval.onnx_embed import OnnxWorkspace
+    from retrieval.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class PairsSummary:
+    rows: int
+    images: int
+    embed_seconds: float
+    score_seconds: float
+
+
+@dataclass(frozen=True)
+class ClosedSetPrior:
+    """What ``--closed_set`` scores pairs with (``retrieval.class_prior``).
+
+    voters: labelled photos that vote beside the gallery, the val split once it has chosen
+    the weight (its photos show the same individuals and were held out only for choosing):
+    embeddings (V, D) float32 unit rows and labels (V,) int64 gallery class indices.
+    """
+
+    params: dict
+    val_map: float = float("nan")  # NaN: not tuned (no individual twice in val, or ONNX)
+    val_map_plain: float = float("nan")
+    voter_embeddings: np.ndarray | None = None
+    voter_labels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    """The query-time options of one pairs run, and what chose them (for the CLI to print)."""
+
+    rerank: str = "none"
+    rerank_params: dict | None = None  # None: the method's defaults
+    closed_set: ClosedSetPrior | None = None
+    notes: tuple[str, ...] = ()
+
+
+def choose_pair_options(
+    ws: Workspace | OnnxWorkspace,
+    *,
+    rerank: str = "none",
+    closed_set: bool = False,
+    tune: bool = True,
+) -> PairOptions:
+    """Re-ranking parameters, then the closed-set weight after that re-ranking, chosen on the
+    val split; ``tune=False`` (ONNX: no torch to read the split with) keeps the defaults."""
+    if not tune:
+        prior = ClosedSetPrior(dict(class_prior.DEFAULT_PARAMS)) if closed_set else None
+        asked = rerank != "none" or closed_set
+        note = ("--onnx: the val split is not read; query-time options keep their defaults",)
+        return PairOptions(rerank, None, prior, note if asked else ())
+    notes, params = [], None
+    if rerank != "none":
+        tuned = tune_rerank_on_val(ws, rerank)
+        params = tuned.params
+        notes.append(
+            f"--rerank {rerank}: {params} chosen on val (identity-balanced mAP "
+            f"{tuned.val_map:.3f}, {tuned.val_map_plain:.3f} without re-ranking)"
+        )
+    prior = tune_closed_set_on_val(ws, rerank, params) if closed_set else None
+    if prior is not None:
+        voters = 0 if prior.voter_labels is None else len(prior.voter_labels)
+        chosen = (
+            "default (no individual twice in val)"
+            if np.isnan(prior.val_map)
+            else f"chosen on val (identity-balanced mAP {prior.val_map:.3f}, "
+            f"{prior.val_map_plain:.3f} without it)"
+        )
+        notes.append(f"--closed_set: {prior.params} {chosen}; {voters} val photos vote too")
+    return PairOptions(rerank, params, prior, tuple(notes))
+
+
+def score_pairs_file(
+    ws: Workspace | OnnxWorkspace,
+    pairs_csv: Path,
+    images_dir: Path,
+    out: Path,
+    options: PairOptions = PairOptions(),
+) -> PairsSummary:
+    """Kaggle Jaguar Re-ID submission: ``row_id,similarity`` for every input row, in order.
+
+    ``options.rerank``: "qe" (alpha query expansion) or "kr" (k-reciprocal) re-scores the
+    test-vs-test similarity matrix of the distinct images before the pairs are read off it.
+    ``options.closed_set``: the pairs show individuals of the gallery; each score is blended
+    with the agreement of the two images' class posteriors from the gallery and the prior's
+    voters (``retrieval.class_prior``). See ``choose_pair_options``.
+    """
+    pairs = read_pairs(pairs_csv)
+    names = distinct_images(pairs)
+    missing = missing_images(names, images_dir)
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise InputError(
+            f"{len(missing)} image(s) named in {pairs_csv} are not in {images_dir}: {shown}; "
+            "pass the folder that holds them with --images"
+        )
+    records = [ImageRecord(path=(images_dir / n).resolve(), label="", group=n) for n in names]
+    started = time.perf_counter()
+    embeddings = ws.embed(records, desc="pair images")
+    embedded = time.perf_counter()
+    if options.rerank == "none":
+        similarity = score_pairs(pairs, names, embeddings)
+    else:
+        params = options.rerank_params or {}
+        matrix = rerank_similarity_matrix(embeddings, method=options.rerank, **params)
+        similarity = score_pairs_from_matrix(pairs, names, matrix)
+    prior = options.closed_set
+    if prior is not None:
+        agreed = _gallery_agreement(ws, embeddings, prior, pairs, names)
+        similarity = class_prior.blend(similarity, agreed, prior.params["weight"])
+    write_submission(out, pairs["row_id"].tolist(), np.asarray(similarity))
+    return PairsSummary(len(pairs), len(names), embedded - started, time.perf_counter() - embedded)
+
+
+def tune_rerank_on_val(ws: Workspace, method: str) -> TunedRerank:
+    """Re-ranking parameters chosen on the val split of the checkpoint's own data.
+
+    The val split is scored against itself, as the pairs mode scores the test set; when no
+    individual has two val photos, train + val is the set instead.
+    """
+    from retrieval.workspace import prepare_for  # torch: not on the ONNX path
+
+    prepared = prepare_for(ws.loaded, ws.workdir, data=None, image_root=None)
+    known = [r for r in prepared.val if r.label in ws.loaded.class_to_idx]
+    if len({r.label for r in known}) == len(known):
+        known = [*prepared.train, *known]
+    if len(known) < 3:
+        raise InputError(
+            f"--rerank {method}: the val split has {len(known)} usable images, too few to "
+            "choose re-ranking parameters; use --rerank none"
+        )
+    embeddings = ws.embed(known, desc="val (re-ranking tuning)")
+    return tune_rerank(embeddings, labels_of(known, ws.loaded.class_to_idx), method)
+
+
+def _gallery_hits(
+    ws: Workspace | OnnxWorkspace, embeddings: np.ndarray, prior: ClosedSetPrior | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top class_prior.TOP_K labelled hits per row (the gallery, plus the prior's voters):
+    scores (N, k), labels (N, k)."""
+    if ws.gallery.size == 0:
+        raise InputError(
+            "--closed_set scores pairs by the gallery's labelled photos, and the gallery is "
+            "empty; enroll photos (search.py --enroll) or rebuild it (--rebuild_gallery)"
+        )
+    hits = ws.gallery.search(embeddings, class_prior.TOP_K)
+    scores, labels = hits.result.scores, hits.labels
+    if prior is not None and prior.voter_embeddings is not None:
+        k = min(class_prior.TOP_K, len(prior.voter_labels))
+        more, rows = top_k_cosine(embeddings, prior.voter_embeddings, k)
+        scores, labels = class_prior.merge_hits(scores, labels, more, prior.voter_labels[rows])
+    return scores, labels
+
+
+def _gallery_agreement(
+    ws: Workspace | OnnxWorkspace, embeddings: np.ndarray, prior: ClosedSetPrior, pairs, names
+) -> np.ndarray:
+    """p_query . p_gallery_image for every pair: (n_pairs,) float32."""
+    scores, labels = _gallery_hits(ws, embeddings, prior)
+    posterior = class_prior.class_posterior(scores, labels, prior.params["temperature"])
+    return class_prior.agreement(posterior, *pair_rows(pairs, names, len(names)))
+
+
+def tune_closed_set_on_val(
+    ws: Workspace, rerank: str = "none", rerank_params: dict | None = None
+) -> ClosedSetPrior:
+    """The closed-set weight chosen on the val split, scored against itself after the same
+    re-ranking with posteriors from the gallery (train photos: val never votes for itself);
+    then val joins the voters. With no individual twice in val there is nothing to score:
+    the defaults come back, untuned.
+    """
+    from retrieval.workspace import prepare_for  # torch: not on the ONNX path
+
+    prepared = prepare_for(ws.loaded, ws.workdir, data=None, image_root=None)
+    in_gallery = ws.gallery.live_paths()
+    known = [
+        r
+        for r in prepared.val
+        if r.label in ws.gallery.class_names and str(r.path) not in in_gallery
+    ]
+    if not known:
+        return ClosedSetPrior(dict(class_prior.DEFAULT_PARAMS))
+    embeddings = ws.embed(known, desc="val (closed-set tuning)")
+    labels = np.array([ws.gallery.class_index(r.label) for r in known], dtype=np.int64)
+    if len(np.unique(labels)) == len(labels):
+        return ClosedSetPrior(
+            dict(class_prior.DEFAULT_PARAMS), voter_embeddings=embeddings, voter_labels=labels
+        )
+    similarity = rerank_similarity_matrix(embeddings, method=rerank, **(rerank_params or {}))
+    tuned = class_prior.tune_prior(similarity, *_gallery_hits(ws, embeddings), labels)
+    return ClosedSetPrior(tuned.params, tuned.val_map, tuned.val_map_plain, embeddings, labels)
