@@ -6,6 +6,7 @@ match PyTorch's, preprocessing must match ``build_eval_transform`` pixel for pix
 ONNX path (gallery search included) must work without importing torch.
 """
 
+import itertools
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 
 from retrieval import checkpoint as ckpt
+from retrieval.class_prior import DEFAULT_PARAMS
 from retrieval.config import RunConfig
 from retrieval.data.records import ImageRecord
 from retrieval.data.transforms import build_eval_transform
@@ -37,6 +39,7 @@ from retrieval.onnx_embed import (
     read_sidecar,
     sidecar_path,
 )
+from retrieval.pairs_query import choose_pair_options, score_pairs_file
 from retrieval.query import answer_images
 from retrieval.workspace import Workspace, gallery_fingerprint
 
@@ -269,6 +272,29 @@ def test_onnx_workspace_answers_like_the_pytorch_one(exported):
         for m in a.matches:
             if m.path in want_scores:
                 assert m.score == pytest.approx(want_scores[m.path], abs=1e-5)
+
+
+def test_closed_set_pairs_score_alike_with_onnx_and_pytorch(exported, tmp_path):
+    """The pairs mode with the closed-set prior on the ONNX path (defaults: no val split to
+    tune on without torch) scores every pair as the PyTorch path does."""
+    plan = cpu_plan()
+    loaded = load_inference_model(exported["checkpoint"], plan)
+    root = exported["gallery_root"]
+    torch_ws = Workspace(root.parent, plan, loaded, Gallery.load(root), "none", 4)
+    onnx_ws = open_onnx_workspace(exported["result"].onnx_path, root, batch_size=4)
+    names = [p.name for p in exported["images"]]
+    pairs = tmp_path / "pairs.csv"
+    rows = [f"{i},{a},{b}\n" for i, (a, b) in enumerate(itertools.product(names, names))]
+    pairs.write_text("row_id,query_image,gallery_image\n" + "".join(rows))
+    options = choose_pair_options(onnx_ws, closed_set=True, tune=False)
+    assert options.closed_set.params == DEFAULT_PARAMS and options.notes
+    scores = {}
+    for name, ws in (("torch", torch_ws), ("onnx", onnx_ws)):
+        out = tmp_path / f"{name}.csv"
+        score_pairs_file(ws, pairs, exported["images"][0].parent, out, options)
+        scores[name] = np.loadtxt(out, delimiter=",", skiprows=1, usecols=1)
+    assert scores["torch"].shape == (len(names) ** 2,)
+    np.testing.assert_allclose(scores["onnx"], scores["torch"], atol=1e-4)
 
 
 def test_onnx_workspace_needs_the_matching_saved_gallery(exported, tmp_path):
