@@ -57,6 +57,8 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(
             "give image files/folders to identify, --pairs CSV, --enroll PATH or --remove CLASS"
         )
+    if not args.pairs and (args.rerank != "none" or args.closed_set):
+        raise InputError("--rerank and --closed_set score a --pairs CSV; add --pairs or drop them")
     workdir = Path(args.workdir)
     ws = _onnx_workspace(args, workdir) if args.onnx else workspace_from_args(args)
     if args.enroll or args.remove:

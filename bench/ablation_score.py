@@ -1,8 +1,9 @@
 """Scoring one ablation cell with every query-time option, and the table over cells.
 
 Query-time options are chosen on the val split only: flip TTA and each re-ranking method get
-the parameters that give the best val identity-balanced mAP (``retrieval.rerank_tune``), and
-the test split (or the held-out individuals) is scored once with them.
+the parameters that give the best val identity-balanced mAP (``retrieval.rerank_tune``), the
+closed-set prior its weight (``retrieval.class_prior``), and the test split (or the held-out
+individuals) is scored once with them.
 """
 
 from __future__ import annotations

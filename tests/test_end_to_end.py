@@ -157,6 +157,14 @@ def test_pairs_closed_set_blends_each_score_with_the_gallery_vote(trained, tmp_p
         assert -1e-4 <= agreed <= 1 + 1e-4
 
 
+@pytest.mark.parametrize("flag", [["--closed_set"], ["--rerank", "qe"]])
+def test_pairs_options_without_pairs_are_one_clean_line(tmp_path, capsys, flag):
+    image = tmp_path / "photo.jpg"
+    assert search.main([str(image), "--workdir", str(tmp_path), *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pairs" in err[0] and flag[0] in err[0]
+
+
 def test_pairs_with_missing_images_lists_them(trained, tmp_path, capsys):
     _, workdir = trained
     pairs = tmp_path / "test.csv"
