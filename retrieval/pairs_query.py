@@ -210,11 +210,10 @@ def tune_closed_set_on_val(
 
     prepared = prepare_for(ws.loaded, ws.workdir, data=None, image_root=None)
     in_gallery = ws.gallery.live_paths()
-    known = [
-        r
-        for r in prepared.val
-        if r.label in ws.gallery.class_names and str(r.path) not in in_gallery
-    ]
+    labels_by_id = ws.gallery.labels_by_id
+    live = {ws.gallery.class_names[i] for i in np.unique(labels_by_id[labels_by_id >= 0])}
+    # classes the gallery still holds (a --remove'd one must not come back through val)
+    known = [r for r in prepared.val if r.label in live and str(r.path) not in in_gallery]
     if not known:
         return ClosedSetPrior(dict(class_prior.DEFAULT_PARAMS))
     embeddings = ws.embed(known, desc="val (closed-set tuning)")

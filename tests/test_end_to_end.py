@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ from conftest import TINY_TRAIN_ARGS, train_tiny
 import evaluate
 import search
 import train
+from retrieval.cli import default_checkpoint
+from retrieval.pairs_query import tune_closed_set_on_val
+from retrieval.workspace import open_workspace
 
 TINY = TINY_TRAIN_ARGS
 
@@ -155,6 +159,24 @@ def test_pairs_closed_set_blends_each_score_with_the_gallery_vote(trained, tmp_p
     for cosine, blended in zip(plain, closed, strict=True):
         agreed = (blended - (1 - weight) * cosine) / weight  # p_a . p_b of the two photos
         assert -1e-4 <= agreed <= 1 + 1e-4
+
+
+def test_closed_set_voters_skip_a_removed_class(trained, tmp_path):
+    """Val photos vote beside the gallery, but never for a class --remove took out of it."""
+    _, workdir = trained
+    copy = tmp_path / "workdir"
+    shutil.copytree(workdir, copy)
+
+    def voters(folder: Path) -> tuple[set[int], int]:
+        ws = open_workspace(folder, default_checkpoint(folder, None))
+        prior = tune_closed_set_on_val(ws)
+        return set(prior.voter_labels.tolist()), ws.gallery.class_names.index("green")
+
+    before, green = voters(copy)
+    assert green in before  # the tiny data set has val photos of green
+    assert search.main(["--remove", "green", "--workdir", str(copy)]) == 0
+    after, _ = voters(copy)
+    assert after == before - {green}
 
 
 @pytest.mark.parametrize("flag", [["--closed_set"], ["--rerank", "qe"]])
