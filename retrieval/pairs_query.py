@@ -70,6 +70,26 @@ class PairOptions:
     notes: tuple[str, ...] = ()
 
 
+class ValSplit:
+    """The checkpoint's own split, read once, with each photo embedded at most once across
+    the tunings of one pairs run (re-ranking and the closed-set prior both score val)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        from retrieval.workspace import prepare_for  # torch: not on the ONNX path
+
+        self.ws = ws
+        self.prepared = prepare_for(ws.loaded, ws.workdir, data=None, image_root=None)
+        self._embedded: dict[Path, np.ndarray] = {}
+
+    def embed(self, records: list[ImageRecord], *, desc: str) -> np.ndarray:
+        """(len(records), D) float32 unit rows, as ``Workspace.embed``; records non-empty."""
+        fresh = [r for r in records if r.path not in self._embedded]
+        if fresh:
+            vectors = self.ws.embed(fresh, desc=desc)
+            self._embedded.update(zip((r.path for r in fresh), vectors, strict=True))
+        return np.stack([self._embedded[r.path] for r in records])
+
+
 def choose_pair_options(
     ws: Workspace | OnnxWorkspace,
     *,
@@ -79,20 +99,21 @@ def choose_pair_options(
 ) -> PairOptions:
     """Re-ranking parameters, then the closed-set weight after that re-ranking, chosen on the
     val split; ``tune=False`` (ONNX: no torch to read the split with) keeps the defaults."""
+    if rerank == "none" and not closed_set:
+        return PairOptions()  # nothing to tune: the split is not read
     if not tune:
         prior = ClosedSetPrior(dict(class_prior.DEFAULT_PARAMS)) if closed_set else None
-        asked = rerank != "none" or closed_set
-        note = ("--onnx: the val split is not read; query-time options keep their defaults",)
-        return PairOptions(rerank, None, prior, note if asked else ())
-    notes, params = [], None
+        note = "--onnx: the val split is not read; query-time options keep their defaults"
+        return PairOptions(rerank, None, prior, (note,))
+    notes, params, split = [], None, ValSplit(ws)
     if rerank != "none":
-        tuned = tune_rerank_on_val(ws, rerank)
+        tuned = tune_rerank_on_val(split, rerank)
         params = tuned.params
         notes.append(
             f"--rerank {rerank}: {params} chosen on val (identity-balanced mAP "
             f"{tuned.val_map:.3f}, {tuned.val_map_plain:.3f} without re-ranking)"
         )
-    prior = tune_closed_set_on_val(ws, rerank, params) if closed_set else None
+    prior = tune_closed_set_on_val(split, rerank, params) if closed_set else None
     if prior is not None:
         voters = 0 if prior.voter_labels is None else len(prior.voter_labels)
         chosen = (
@@ -149,15 +170,13 @@ def score_pairs_file(
     return PairsSummary(len(pairs), len(names), embedded - started, time.perf_counter() - embedded)
 
 
-def tune_rerank_on_val(ws: Workspace, method: str) -> TunedRerank:
+def tune_rerank_on_val(split: ValSplit, method: str) -> TunedRerank:
     """Re-ranking parameters chosen on the val split of the checkpoint's own data.
 
     The val split is scored against itself, as the pairs mode scores the test set; when no
     individual has two val photos, train + val is the set instead.
     """
-    from retrieval.workspace import prepare_for  # torch: not on the ONNX path
-
-    prepared = prepare_for(ws.loaded, ws.workdir, data=None, image_root=None)
+    ws, prepared = split.ws, split.prepared
     known = [r for r in prepared.val if r.label in ws.loaded.class_to_idx]
     if len({r.label for r in known}) == len(known):
         known = [*prepared.train, *known]
@@ -166,7 +185,7 @@ def tune_rerank_on_val(ws: Workspace, method: str) -> TunedRerank:
             f"--rerank {method}: the val split has {len(known)} usable images, too few to "
             "choose re-ranking parameters; use --rerank none"
         )
-    embeddings = ws.embed(known, desc="val (re-ranking tuning)")
+    embeddings = split.embed(known, desc="val (re-ranking tuning)")
     return tune_rerank(embeddings, labels_of(known, ws.loaded.class_to_idx), method)
 
 
@@ -199,24 +218,22 @@ def _gallery_agreement(
 
 
 def tune_closed_set_on_val(
-    ws: Workspace, rerank: str = "none", rerank_params: dict | None = None
+    split: ValSplit, rerank: str = "none", rerank_params: dict | None = None
 ) -> ClosedSetPrior:
     """The closed-set weight chosen on the val split, scored against itself after the same
     re-ranking with posteriors from the gallery (train photos: val never votes for itself);
     then val joins the voters. With no individual twice in val there is nothing to score:
     the defaults come back, untuned.
     """
-    from retrieval.workspace import prepare_for  # torch: not on the ONNX path
-
-    prepared = prepare_for(ws.loaded, ws.workdir, data=None, image_root=None)
+    ws = split.ws
     in_gallery = ws.gallery.live_paths()
     labels_by_id = ws.gallery.labels_by_id
     live = {ws.gallery.class_names[i] for i in np.unique(labels_by_id[labels_by_id >= 0])}
     # classes the gallery still holds (a --remove'd one must not come back through val)
-    known = [r for r in prepared.val if r.label in live and str(r.path) not in in_gallery]
+    known = [r for r in split.prepared.val if r.label in live and str(r.path) not in in_gallery]
     if not known:
         return ClosedSetPrior(dict(class_prior.DEFAULT_PARAMS))
-    embeddings = ws.embed(known, desc="val (closed-set tuning)")
+    embeddings = split.embed(known, desc="val (closed-set tuning)")
     labels = np.array([ws.gallery.class_index(r.label) for r in known], dtype=np.int64)
     if len(np.unique(labels)) == len(labels):
         return ClosedSetPrior(

@@ -19,7 +19,7 @@ import evaluate
 import search
 import train
 from retrieval.cli import default_checkpoint
-from retrieval.pairs_query import tune_closed_set_on_val
+from retrieval.pairs_query import ValSplit, tune_closed_set_on_val
 from retrieval.workspace import open_workspace
 
 TINY = TINY_TRAIN_ARGS
@@ -169,7 +169,7 @@ def test_closed_set_voters_skip_a_removed_class(trained, tmp_path):
 
     def voters(folder: Path) -> tuple[set[int], int]:
         ws = open_workspace(folder, default_checkpoint(folder, None))
-        prior = tune_closed_set_on_val(ws)
+        prior = tune_closed_set_on_val(ValSplit(ws))
         return set(prior.voter_labels.tolist()), ws.gallery.class_names.index("green")
 
     before, green = voters(copy)
