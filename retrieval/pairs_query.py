@@ -83,11 +83,27 @@ class ValSplit:
 
     def embed(self, records: list[ImageRecord], *, desc: str) -> np.ndarray:
         """(len(records), D) float32 unit rows, as ``Workspace.embed``; records non-empty."""
+        self._read_from_gallery([r for r in records if r.path not in self._embedded])
         fresh = [r for r in records if r.path not in self._embedded]
         if fresh:
             vectors = self.ws.embed(fresh, desc=desc)
             self._embedded.update(zip((r.path for r in fresh), vectors, strict=True))
         return np.stack([self._embedded[r.path] for r in records])
+
+    def _read_from_gallery(self, records: list[ImageRecord]) -> None:
+        """Take the vectors of photos the gallery holds (the train split, which re-ranking
+        tunes on when val has no individual twice) instead of embedding them again: the
+        gallery embedded them with this model and this TTA."""
+        wanted = {str(r.path): r.path for r in records}
+        gallery = self.ws.gallery
+        item_ids = {p: i for i, p in enumerate(gallery.paths_by_id) if p in wanted}
+        if not item_ids:
+            return
+        row_of = {int(item_id): row for row, item_id in enumerate(gallery.index.ids())}
+        vectors = gallery.index.reconstruct_all()
+        for path, item_id in item_ids.items():
+            if item_id in row_of:
+                self._embedded[wanted[path]] = vectors[row_of[item_id]]
 
 
 def choose_pair_options(

@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY_TRAIN_ARGS, train_tiny
 
@@ -19,8 +20,9 @@ import evaluate
 import search
 import train
 from retrieval.cli import default_checkpoint
+from retrieval.data.records import ImageRecord
 from retrieval.pairs_query import ValSplit, tune_closed_set_on_val
-from retrieval.workspace import open_workspace
+from retrieval.workspace import Workspace, open_workspace
 
 TINY = TINY_TRAIN_ARGS
 
@@ -177,6 +179,27 @@ def test_closed_set_voters_skip_a_removed_class(trained, tmp_path):
     assert search.main(["--remove", "green", "--workdir", str(copy)]) == 0
     after, _ = voters(copy)
     assert after == before - {green}
+
+
+def test_val_split_reads_gallery_photos_back_instead_of_embedding_them(trained, monkeypatch):
+    """Re-ranking tunes on train + val when val has no individual twice: the train photos'
+    vectors come from the gallery, equal to a fresh embedding, and only val is embedded."""
+    _, workdir = trained
+    ws = open_workspace(workdir, default_checkpoint(workdir, None))
+    split = ValSplit(ws)
+    train, val = split.prepared.train, split.prepared.val
+    expected = ws.embed(train, progress=False)
+    embedded: list[ImageRecord] = []
+    real_embed = Workspace.embed
+
+    def counting_embed(self, records, **kwargs):
+        embedded.extend(records)
+        return real_embed(self, records, **kwargs)
+
+    monkeypatch.setattr(Workspace, "embed", counting_embed)  # the workspace is frozen
+    vectors = split.embed([*train, *val], desc="test")
+    assert np.allclose(vectors[: len(train)], expected, atol=1e-5)
+    assert [r.path for r in embedded] == [r.path for r in val]
 
 
 @pytest.mark.parametrize("flag", [["--closed_set"], ["--rerank", "qe"]])
