@@ -121,6 +121,19 @@ class Gallery:
     def live_paths(self) -> set[str]:
         return {p for p in self.paths_by_id if p}
 
+    def live_classes(self) -> set[str]:
+        """Names of the classes with at least one item (a removed class keeps its index)."""
+        return {self.class_names[i] for i in np.unique(self.labels_by_id[self.labels_by_id >= 0])}
+
+    def vectors_by_path(self, paths: set[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the live items whose image path is in ``paths``: (D,) float32 each."""
+        item_ids = {p: i for i, p in enumerate(self.paths_by_id) if p in paths}
+        if not item_ids:
+            return {}
+        row_of = {int(item_id): row for row, item_id in enumerate(self.index.ids())}
+        vectors = self.index.reconstruct_all()
+        return {p: vectors[row_of[i]] for p, i in item_ids.items() if i in row_of}
+
     # ------------------------------------------------------------------ persistence
     def save(self, root: Path) -> Path:
         """Write a new version folder, then point ``current.json`` at it; returns the folder."""

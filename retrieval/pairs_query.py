@@ -95,15 +95,8 @@ class ValSplit:
         tunes on when val has no individual twice) instead of embedding them again: the
         gallery embedded them with this model and this TTA."""
         wanted = {str(r.path): r.path for r in records}
-        gallery = self.ws.gallery
-        item_ids = {p: i for i, p in enumerate(gallery.paths_by_id) if p in wanted}
-        if not item_ids:
-            return
-        row_of = {int(item_id): row for row, item_id in enumerate(gallery.index.ids())}
-        vectors = gallery.index.reconstruct_all()
-        for path, item_id in item_ids.items():
-            if item_id in row_of:
-                self._embedded[wanted[path]] = vectors[row_of[item_id]]
+        for path, vector in self.ws.gallery.vectors_by_path(set(wanted)).items():
+            self._embedded[wanted[path]] = vector
 
 
 def choose_pair_options(
@@ -243,9 +236,7 @@ def tune_closed_set_on_val(
     """
     ws = split.ws
     in_gallery = ws.gallery.live_paths()
-    labels_by_id = ws.gallery.labels_by_id
-    live = {ws.gallery.class_names[i] for i in np.unique(labels_by_id[labels_by_id >= 0])}
-    # classes the gallery still holds (a --remove'd one must not come back through val)
+    live = ws.gallery.live_classes()  # a --remove'd class must not come back through val
     known = [r for r in split.prepared.val if r.label in live and str(r.path) not in in_gallery]
     if not known:
         return ClosedSetPrior(dict(class_prior.DEFAULT_PARAMS))
