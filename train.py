@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=["avg", "gem"], help="global pooling (default avg)")
     p.add_argument("--subcenters", type=int, help="sub-center ArcFace centres per class (1)")
     add_bool_flag(p, "dynamic_margins", "per-class margins from class frequency (off)")
+    p.add_argument(
+        "--head_init",
+        choices=["random", "imprint"],
+        help="ArcFace centres: random, or imprint = each class's mean train embedding (random)",
+    )
     p.add_argument("--seed", type=int, help="seed for splits and sampling (default 42)")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--preset", choices=["demo"], help="demo: synthetic data, lite0, minutes on CPU")

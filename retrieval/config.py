@@ -21,6 +21,7 @@ PRESETS = ("demo",)
 DEVICES = ("auto", "cpu", "cuda")
 SELECTION_METRICS = ("recall_at_1", "map")
 POOLINGS = ("avg", "gem")
+HEAD_INITS = ("random", "imprint")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -68,6 +69,7 @@ class LossConfig:
     warmup_epochs: int = 5  # phase 1: backbone frozen, margin 0
     subcenters: int = 1  # sub-center ArcFace: k centres per class (1 = plain ArcFace)
     dynamic_margins: bool = False  # per-class margin a * n^(-1/4) + b from class frequency
+    head_init: str = "random"  # random | imprint: class centres from mean train embeddings
 
     def __post_init__(self) -> None:
         _require(
@@ -76,6 +78,7 @@ class LossConfig:
         _require(self.scale > 0, f"--scale must be > 0, got {self.scale}")
         _require(self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _require(self.subcenters >= 1, f"--subcenters must be >= 1, got {self.subcenters}")
+        _require(self.head_init in HEAD_INITS, f"--head_init must be one of {HEAD_INITS}")
 
 
 @dataclass(frozen=True)

@@ -337,3 +337,24 @@ def test_subcenters_and_class_margins_float32_under_bf16_autocast():
     torch.testing.assert_close(logits, head(x.float(), labels))
     loss.backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+def test_imprint_sets_each_centre_to_its_mean_direction_and_keeps_the_norms():
+    head = ArcFaceHead(2, 3, subcenters=2)
+    norms = head.weight.detach().norm(dim=1).clone()
+    untouched = head.weight.detach()[4:].clone()  # class 2 has no embedding
+    embeddings = _unit([0.0, 90.0, 80.0, 100.0]) * torch.tensor([[1.0], [5.0], [1.0], [1.0]])
+    assert head.imprint_(embeddings, torch.tensor([0, 1, 1, 1])) == 2
+    w = head.weight.detach()
+    np.testing.assert_allclose(w.norm(dim=1).numpy(), norms.numpy(), rtol=1e-6)
+    direction = F.normalize(w, dim=1).numpy()
+    # class 0: 0 degrees; class 1: the mean of unit vectors at 90, 80, 100 (the 5x length of
+    # one of them does not count) is 90 degrees; both sub-centres of a class start equal.
+    np.testing.assert_allclose(direction[:4], _unit([0.0, 0.0, 90.0, 90.0]), atol=1e-6)
+    torch.testing.assert_close(w[4:], untouched)
+
+
+def test_imprint_refuses_embeddings_of_another_width():
+    head = ArcFaceHead(4, 3)
+    with pytest.raises(InputError, match="do not fit a head of dimension 4"):
+        head.imprint_(torch.ones(2, 3), torch.tensor([0, 1]))

@@ -54,3 +54,18 @@ def test_warmup_lr_mult_runs_the_frozen_warmup_at_its_own_rate(tmp_path):
     assert float(rows[1]["lr"]) <= 1e-3  # phase 2: the cosine schedule from the base lr
     state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
     assert state["config"]["train"]["warmup_lr_mult"] == 10
+
+
+def test_head_init_imprint_starts_each_centre_at_its_class_and_not_again_on_resume(
+    tmp_path, capsys
+):
+    data, workdir = train_tiny(tmp_path, epochs=1, extra=("--head_init", "imprint"))
+    out = capsys.readouterr().out
+    state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
+    classes = len(state["class_to_idx"])
+    assert f"head: {classes} class centres imprinted" in out
+    assert state["config"]["loss"]["head_init"] == "imprint"
+    argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "2", *TINY_TRAIN_ARGS]
+    assert train.main([*argv, "--warmup_epochs", "1", "--head_init", "imprint"]) == 0
+    resumed = capsys.readouterr().out
+    assert "resuming from" in resumed and "imprinted" not in resumed  # the trained head stays

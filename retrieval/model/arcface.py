@@ -6,7 +6,7 @@ For embedding x and class centre W_j at angle theta_j, the logits are
 ``s * cos(theta_y + m)``. The margin is in radians (pytorch-metric-learning takes degrees:
 a 28.6 meant as degrees is refused here). Training only: search and evaluation never load it.
 
-Two options, both off by default:
+Three options, all off by default:
 
 - Sub-center ArcFace (Deng et al., "Sub-center ArcFace: Boosting Face Recognition by
   Large-scale Noisy Web Faces", ECCV 2020): k centres per class, the class cosine is the
@@ -15,6 +15,9 @@ Two options, both off by default:
 - Dynamic per-class margins (Ha et al., "Google Landmark Recognition 2020 Competition Third
   Place Solution", arXiv:2010.05350; used by the Happywhale 2022 1st place): rare classes
   get a larger margin, ``m_c = a * n_c^(-1/4) + b`` (``dynamic_margins``).
+- Imprinted centres (Qi, Brown and Lowe, "Low-Shot Learning with Imprinted Weights", CVPR
+  2018; ``imprint_``): each class starts at the mean direction of its training embeddings
+  instead of a random one.
 """
 
 from __future__ import annotations
@@ -129,6 +132,33 @@ class ArcFaceHead(nn.Module):
         cos_y_plus_m = cos_y * math.cos(m) - sin_y * math.sin(m)
         # theta + m < pi  <=>  theta < pi - m  <=>  cos(theta) > cos(pi - m)
         return torch.where(cos_y > math.cos(math.pi - m), cos_y_plus_m, cos_y - m * math.sin(m))
+
+    @torch.no_grad()
+    def imprint_(self, embeddings: torch.Tensor, labels: torch.Tensor) -> int:
+        """Set each class's centres (all k sub-centres) to its mean embedding direction.
+
+        Why: a P x K sampler shows each of C classes about P / C times per step, so with
+        hundreds of individuals a centre gets a few dozen updates in a whole run and barely
+        leaves its random start; the backbone then has to carry every embedding to a random
+        point. Imprinted centres start where the class already is. Sub-centres start equal and
+        split as the max picks one of them. Classes absent from ``labels`` keep their random
+        centres. ``embeddings``: (N, D); ``labels``: (N,) class indices. Returns how many
+        classes were imprinted.
+        """
+        x = F.normalize(embeddings.to(self.weight.device).float(), dim=1)
+        labels = labels.to(self.weight.device).long()
+        if x.shape != (labels.shape[0], self.weight.shape[1]):
+            raise InputError(
+                f"imprint: embeddings of shape {tuple(x.shape)} and {labels.shape[0]} labels "
+                f"do not fit a head of dimension {self.weight.shape[1]}"
+            )
+        sums = x.new_zeros(self.num_classes, x.shape[1]).index_add_(0, labels, x)
+        present = torch.bincount(labels, minlength=self.num_classes) > 0
+        centres = F.normalize(sums, dim=1).repeat_interleave(self.subcenters, dim=0)
+        rows = present.repeat_interleave(self.subcenters)
+        scale = self.weight.norm(dim=1, keepdim=True)  # keep the init's norms (AdamW steps)
+        self.weight[rows] = (centres * scale)[rows].to(self.weight.dtype)
+        return int(present.sum())
 
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the ArcFace logits: a float32 scalar."""

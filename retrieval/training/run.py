@@ -71,6 +71,8 @@ def run_training(
             session.resume(latest)
             if ctx.is_main:
                 print(f"resuming from {latest} at epoch {session.progress.next_epoch + 1}")
+        elif cfg.loss.head_init == "imprint":
+            session.imprint_head()
         if ctx.is_main:
             session.dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(session.dir / "config.json", cfg.to_dict())
