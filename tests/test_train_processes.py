@@ -78,10 +78,13 @@ def test_torchrun_two_cpu_processes_trains_with_ddp(tiny_data, tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
         f"--master_port={_free_port()}", str(REPO / "train.py"),
         "--data", str(tiny_data), "--workdir", str(workdir), "--epochs", "2", "--fresh", *TINY,
+        "--head_init", "imprint",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
+    # rank 0 alone imprints; DDP copies its head to rank 1 when it wraps the module
+    assert proc.stdout.count("class centres imprinted") == 1
     assert proc.stdout.count('"best_val_recall_at_1"') == 2  # each rank reports
     assert _log_epochs(workdir) == ["1", "2"]  # rank 0 alone wrote the log
     assert (workdir / "checkpoints" / "best_model.pt").is_file()
