@@ -11,6 +11,7 @@ from retrieval.data.prepare import PreparedData, format_prepare_summary, prepare
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
 from retrieval.io import write_json_atomic
 from retrieval.training.distributed import DistContext, barrier, init_distributed, shutdown
+from retrieval.training.imprint import imprint_head
 from retrieval.training.trainer import TrainingSession, TrainResult
 
 
@@ -71,8 +72,18 @@ def run_training(
             session.resume(latest)
             if ctx.is_main:
                 print(f"resuming from {latest} at epoch {session.progress.next_epoch + 1}")
-        elif cfg.loss.head_init == "imprint":
-            session.imprint_head()
+        elif cfg.loss.head_init == "imprint" and ctx.is_main:
+            # Fresh start only (a resume keeps the trained head); rank 0 only: DDP copies its
+            # weights to the other ranks when it wraps the module.
+            imprint_head(
+                session.model,
+                session.head,
+                prepared.train,
+                prepared.class_to_idx,
+                transform=session.eval_transform,
+                plan=plan,
+                batch_size=cfg.train.eval_batch_size,
+            )
         if ctx.is_main:
             session.dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(session.dir / "config.json", cfg.to_dict())

@@ -20,11 +20,9 @@ from retrieval import checkpoint as ckpt
 from retrieval.config import RunConfig
 from retrieval.data.dataset import ImageDataset
 from retrieval.data.prepare import PreparedData
-from retrieval.data.records import labels_of
 from retrieval.data.sampler import EpochStream, PKSampler
 from retrieval.data.transforms import build_eval_transform, build_train_transform
 from retrieval.device import RuntimePlan, make_grad_scaler
-from retrieval.embed import extract_embeddings
 from retrieval.errors import InputError
 from retrieval.metrics import RetrievalMetrics
 from retrieval.model.arcface import ArcFaceHead, dynamic_margins
@@ -148,32 +146,6 @@ class TrainingSession:
             prefetch_factor=2 if workers > 0 else None,
         )
         self.eval_transform = build_eval_transform(d.image_size)
-
-    def imprint_head(self) -> None:
-        """``--head_init imprint``: each class centre starts at its mean train embedding.
-
-        Called on a fresh start only (a resume restores the trained head), on rank 0 only:
-        DDP copies rank 0's weights to the other ranks when it wraps the module.
-        """
-        if not self.ctx.is_main:
-            return
-        started = time.perf_counter()
-        train = self.prepared.train
-        embeddings = extract_embeddings(
-            self.model,
-            train,
-            transform=self.eval_transform,
-            plan=self.plan,
-            batch_size=self.cfg.train.eval_batch_size,
-            desc="imprinting",
-        )
-        labels = torch.from_numpy(labels_of(train, self.prepared.class_to_idx))
-        imprinted = self.head.imprint_(torch.from_numpy(embeddings), labels)
-        print(
-            f"head: {imprinted} class centres imprinted from {len(train)} train embeddings "
-            f"({time.perf_counter() - started:.0f} s)",
-            flush=True,
-        )
 
     @property
     def eval_model(self) -> torch.nn.Module:
