@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_flag(p, "dynamic_margins", "per-class margins from class frequency (off)")
     p.add_argument(
         "--head_init",
-        choices=["random", "imprint"],
-        help="ArcFace centres: random, or imprint = each class's mean train embedding (random)",
+        choices=["random", "imprint", "imprint_centred"],
+        help="ArcFace centres: random, imprint = each class's mean train embedding, or "
+        "imprint_centred = the same after removing the mean of all (random)",
     )
     p.add_argument("--seed", type=int, help="seed for splits and sampling (default 42)")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")

@@ -42,6 +42,7 @@ VARIANTS: dict[str, list[str]] = {
     "subcenters": ["--subcenters", "2"],
     "dynamic_margins": ["--dynamic_margins"],
     "imprint": ["--head_init", "imprint"],  # ArcFace centres from the mean train embeddings
+    "imprint_centred": ["--head_init", "imprint_centred"],  # the same, global mean removed
     "ema": ["--ema_decay", "EMA"],  # EMA, EPOCHS: replaced by --ema_decay, --epochs
     "no_hflip": ["--no_hflip"],
     "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1

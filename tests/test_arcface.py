@@ -354,6 +354,23 @@ def test_imprint_sets_each_centre_to_its_mean_direction_and_keeps_the_norms():
     torch.testing.assert_close(w[4:], untouched)
 
 
+def test_imprint_centred_spreads_classes_that_share_one_direction():
+    # two classes inside a 10-degree cone: their plain means are 8 degrees apart; with the
+    # mean of all four removed first they point away from each other
+    embeddings, labels = _unit([40.0, 42.0, 48.0, 50.0]), torch.tensor([0, 0, 1, 1])
+    plain, centred = ArcFaceHead(2, 2), ArcFaceHead(2, 2)
+    plain.imprint_(embeddings, labels)
+    centred.imprint_(embeddings, labels, centred=True)
+    x = embeddings.numpy()
+    by_hand = np.stack([x[:2].mean(0), x[2:].mean(0)]) - x.mean(0)
+    by_hand /= np.linalg.norm(by_hand, axis=1, keepdims=True)
+    direction = F.normalize(centred.weight.detach(), dim=1)
+    np.testing.assert_allclose(direction.numpy(), by_hand, atol=1e-6)
+    cos_between = [F.normalize(h.weight.detach(), dim=1).prod(0).sum() for h in (plain, centred)]
+    assert cos_between[0] == pytest.approx(math.cos(math.radians(8.0)), abs=1e-5)
+    assert cos_between[1] == pytest.approx(-1.0, abs=1e-5)
+
+
 def test_imprint_refuses_embeddings_of_another_width():
     head = ArcFaceHead(4, 3)
     with pytest.raises(InputError, match="do not fit a head of dimension 4"):

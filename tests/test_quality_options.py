@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from conftest import TINY_TRAIN_ARGS, train_tiny
 
 import search
@@ -56,16 +57,18 @@ def test_warmup_lr_mult_runs_the_frozen_warmup_at_its_own_rate(tmp_path):
     assert state["config"]["train"]["warmup_lr_mult"] == 10
 
 
+@pytest.mark.parametrize("head_init", ["imprint", "imprint_centred"])
 def test_head_init_imprint_starts_each_centre_at_its_class_and_not_again_on_resume(
-    tmp_path, capsys
+    tmp_path, capsys, head_init
 ):
-    data, workdir = train_tiny(tmp_path, epochs=1, extra=("--head_init", "imprint"))
+    data, workdir = train_tiny(tmp_path, epochs=1, extra=("--head_init", head_init))
     out = capsys.readouterr().out
     state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
     classes = len(state["class_to_idx"])
     assert f"head: {classes} class centres imprinted" in out
-    assert state["config"]["loss"]["head_init"] == "imprint"
+    assert ("(centred)" in out) == (head_init == "imprint_centred")
+    assert state["config"]["loss"]["head_init"] == head_init
     argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "2", *TINY_TRAIN_ARGS]
-    assert train.main([*argv, "--warmup_epochs", "1", "--head_init", "imprint"]) == 0
+    assert train.main([*argv, "--warmup_epochs", "1", "--head_init", head_init]) == 0
     resumed = capsys.readouterr().out
     assert "resuming from" in resumed and "imprinted" not in resumed  # the trained head stays

@@ -17,7 +17,8 @@ Three options, all off by default:
   get a larger margin, ``m_c = a * n_c^(-1/4) + b`` (``dynamic_margins``).
 - Imprinted centres (Qi, Brown and Lowe, "Low-Shot Learning with Imprinted Weights", CVPR
   2018; ``imprint_``): each class starts at the mean direction of its training embeddings
-  instead of a random one.
+  instead of a random one; optionally centred first (the mean of all embeddings removed), so
+  centres of classes that share one dominant direction start spread apart.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ class ArcFaceHead(nn.Module):
         return torch.where(cos_y > math.cos(math.pi - m), cos_y_plus_m, cos_y - m * math.sin(m))
 
     @torch.no_grad()
-    def imprint_(self, embeddings: torch.Tensor, labels: torch.Tensor) -> int:
+    def imprint_(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, *, centred: bool = False
+    ) -> int:
         """Set each class's centres (all k sub-centres) to its mean embedding direction.
 
         Why: a P x K sampler shows each of C classes about P / C times per step, so with
@@ -142,8 +145,10 @@ class ArcFaceHead(nn.Module):
         leaves its random start; the backbone then has to carry every embedding to a random
         point. Imprinted centres start where the class already is. Sub-centres start equal and
         split as the max picks one of them. Classes absent from ``labels`` keep their random
-        centres. ``embeddings``: (N, D); ``labels``: (N,) class indices. Returns how many
-        classes were imprinted.
+        centres. ``centred`` subtracts the mean of all (normalised) embeddings first: an
+        untrained neck maps non-negative pooled features to one narrow cone, where the plain
+        class means all but coincide and no margin fits between them. ``embeddings``: (N, D);
+        ``labels``: (N,) class indices. Returns how many classes were imprinted.
         """
         x = F.normalize(embeddings.to(self.weight.device).float(), dim=1)
         labels = labels.to(self.weight.device).long()
@@ -152,6 +157,8 @@ class ArcFaceHead(nn.Module):
                 f"imprint: embeddings of shape {tuple(x.shape)} and {labels.shape[0]} labels "
                 f"do not fit a head of dimension {self.weight.shape[1]}"
             )
+        if centred:
+            x = x - x.mean(dim=0, keepdim=True)
         sums = x.new_zeros(self.num_classes, x.shape[1]).index_add_(0, labels, x)
         present = torch.bincount(labels, minlength=self.num_classes) > 0
         centres = F.normalize(sums, dim=1).repeat_interleave(self.subcenters, dim=0)

@@ -1,4 +1,4 @@
-"""``--head_init imprint``: ArcFace centres from the start model's train embeddings.
+"""``--head_init imprint | imprint_centred``: ArcFace centres from train embeddings.
 
 Qi, Brown and Lowe, "Low-Shot Learning with Imprinted Weights", CVPR 2018. One embedding pass
 over the train split before epoch 1; the maths is ``ArcFaceHead.imprint_``.
@@ -26,6 +26,7 @@ def imprint_head(
     transform: Callable,
     plan: RuntimePlan,
     batch_size: int,
+    centred: bool = False,
 ) -> None:
     """Set each class centre of ``head`` to the mean embedding of its ``train`` photos."""
     started = time.perf_counter()
@@ -33,9 +34,10 @@ def imprint_head(
         model, train, transform=transform, plan=plan, batch_size=batch_size, desc="imprinting"
     )
     labels = torch.from_numpy(labels_of(train, class_to_idx))
-    imprinted = head.imprint_(torch.from_numpy(embeddings), labels)
+    imprinted = head.imprint_(torch.from_numpy(embeddings), labels, centred=centred)
     print(
-        f"head: {imprinted} class centres imprinted from {len(train)} train embeddings "
+        f"head: {imprinted} class centres imprinted from {len(train)} train embeddings"
+        f"{' (centred)' if centred else ''} "
         f"({time.perf_counter() - started:.0f} s)",
         flush=True,
     )

@@ -72,7 +72,7 @@ def run_training(
             session.resume(latest)
             if ctx.is_main:
                 print(f"resuming from {latest} at epoch {session.progress.next_epoch + 1}")
-        elif cfg.loss.head_init == "imprint" and ctx.is_main:
+        elif cfg.loss.head_init != "random" and ctx.is_main:
             # Fresh start only (a resume keeps the trained head); rank 0 only: DDP copies its
             # weights to the other ranks when it wraps the module.
             imprint_head(
@@ -83,6 +83,7 @@ def run_training(
                 transform=session.eval_transform,
                 plan=plan,
                 batch_size=cfg.train.eval_batch_size,
+                centred=cfg.loss.head_init == "imprint_centred",
             )
         if ctx.is_main:
             session.dir.mkdir(parents=True, exist_ok=True)
