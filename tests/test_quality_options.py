@@ -67,6 +67,7 @@ def test_head_init_imprint_starts_each_centre_at_its_class_and_not_again_on_resu
     classes = len(state["class_to_idx"])
     assert f"head: {classes} class centres imprinted" in out
     assert ("(centred)" in out) == (head_init == "imprint_centred")
+    assert "mean cosine between classes" in out
     assert state["config"]["loss"]["head_init"] == head_init
     argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "2", *TINY_TRAIN_ARGS]
     assert train.main([*argv, "--warmup_epochs", "1", "--head_init", head_init]) == 0

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from retrieval.data.records import ImageRecord, labels_of
 from retrieval.device import RuntimePlan
@@ -37,7 +38,21 @@ def imprint_head(
     imprinted = head.imprint_(torch.from_numpy(embeddings), labels, centred=centred)
     print(
         f"head: {imprinted} class centres imprinted from {len(train)} train embeddings"
-        f"{' (centred)' if centred else ''} "
+        f"{' (centred)' if centred else ''}, mean cosine between classes "
+        f"{mean_pairwise_cosine(head.weight[:: head.subcenters]):.2f} "
         f"({time.perf_counter() - started:.0f} s)",
         flush=True,
     )
+
+
+def mean_pairwise_cosine(rows: torch.Tensor) -> float:
+    """Mean cosine over all pairs of distinct rows, in O(N * D) rather than an N x N matrix.
+
+    Why print it: near 1 the centres share one narrow cone and plain imprinting can stall
+    (the synthetic demo: 0.86; 60 DogFaceNet dogs: 0.45); ``imprint_centred`` spreads them.
+    """
+    unit = F.normalize(rows.detach().float(), dim=1)
+    n = unit.shape[0]
+    if n < 2:
+        return 1.0
+    return float((unit.sum(dim=0).square().sum() - n) / (n * (n - 1)))
