@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.cli import add_bool_flag, add_workdir_args, cli_main
+from retrieval.config import (
+    HEAD_INITS,
+    OPTIMIZERS,
+    POOLINGS,
+    PRESETS,
+    SCHEDULERS,
+    SELECTION_METRICS,
+)
 
 # flag name -> config key, where they differ (SPEC 8 names the flags)
 RENAMED = {"margin": "margin_rad"}
@@ -49,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup_lr_mult", type=float, help="lr in the frozen warm-up = lr * this (default 1)"
     )
     p.add_argument("--weight_decay", type=float, help="weight decay (default 0.01)")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
-    p.add_argument("--scheduler", choices=["cosine", "plateau"], help="default cosine restarts")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adamw")
+    p.add_argument("--scheduler", choices=SCHEDULERS, help="default cosine restarts")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 10)")
     add_bool_flag(p, "use_bf16", "bf16 autocast (default: decided from the GPU)")
     p.add_argument(
@@ -63,24 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema_decay", type=float, help="EMA of weights for val/best (0 = off)")
     p.add_argument(
         "--select_on",
-        choices=["recall_at_1", "map"],
+        choices=SELECTION_METRICS,
         help="val metric that picks best_model.pt and stops early (default recall_at_1)",
     )
     add_bool_flag(p, "compile", "torch.compile the training step")
     p.add_argument("--no_hflip", action="store_true", help="no horizontal flip augmentation")
     add_bool_flag(p, "bn_train", "update backbone BatchNorm statistics (off: frozen)")
-    p.add_argument("--pooling", choices=["avg", "gem"], help="global pooling (default avg)")
+    p.add_argument("--pooling", choices=POOLINGS, help="global pooling (default avg)")
     p.add_argument("--subcenters", type=int, help="sub-center ArcFace centres per class (1)")
     add_bool_flag(p, "dynamic_margins", "per-class margins from class frequency (off)")
     p.add_argument(
         "--head_init",
-        choices=["random", "imprint", "imprint_centred"],
+        choices=HEAD_INITS,
         help="ArcFace centres: random, imprint = each class's mean train embedding, or "
         "imprint_centred = the same after removing the mean of all (random)",
     )
     p.add_argument("--seed", type=int, help="seed for splits and sampling (default 42)")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
-    p.add_argument("--preset", choices=["demo"], help="demo: synthetic data, lite0, minutes on CPU")
+    p.add_argument("--preset", choices=PRESETS, help="demo: synthetic data, lite0, minutes on CPU")
     p.add_argument("--prepare_only", action="store_true", help="write splits and exit")
     p.add_argument("--config", help="YAML/JSON file of defaults (flat keys as the flags)")
     p.add_argument("--max_batches", type=int, help="cap batches per epoch (smoke tests)")

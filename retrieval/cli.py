@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from retrieval.config import DEVICES
 from retrieval.errors import InputError
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -39,7 +40,7 @@ def add_workdir_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True
     )
     parser.add_argument(
         "--device",
-        choices=["auto", "cpu", "cuda"],
+        choices=DEVICES,
         default=None,
         help="auto (CUDA if present, else CPU; default), cpu, or cuda",
     )
