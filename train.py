@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight_decay", type=float, help="weight decay (default 0.01)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adamw")
     p.add_argument("--scheduler", choices=SCHEDULERS, help="default cosine restarts")
+    p.add_argument(
+        "--cosine_t0", type=int, help="phase-2 epochs of the first cosine cycle (default 10)"
+    )
     p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 10)")
     add_bool_flag(p, "use_bf16", "bf16 autocast (default: decided from the GPU)")
     p.add_argument(

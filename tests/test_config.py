@@ -22,6 +22,7 @@ def test_defaults_follow_the_spec():
     assert cfg.model.embedding_dim == 512
     assert (cfg.loss.margin_rad, cfg.loss.scale, cfg.loss.warmup_epochs) == (0.5, 64.0, 5)
     assert (cfg.train.scheduler, cfg.train.patience, cfg.train.batch_k) == ("cosine", 10, 4)
+    assert cfg.train.cosine_t0 == 10  # SPEC 3.3: CosineAnnealingWarmRestarts(T_0=10, T_mult=2)
     assert cfg.train.batch_p is None  # decided from the hardware plan
     assert cfg.data.image_size == 480 and cfg.data.min_size == 224 and cfg.data.hflip
 
@@ -69,6 +70,7 @@ def test_nested_config_file_is_accepted(tmp_path):
         ({"margin_rad": 30.0}, "radians"),
         ({"batch_p": 1}, "--batch_p"),
         ({"optimizer": "adam"}, "--optimizer"),
+        ({"cosine_t0": 0}, "--cosine_t0"),
         ({"unknown_key": 1}, "unknown config keys"),
     ],
 )

@@ -9,6 +9,7 @@ from retrieval.training.epoch_log import COLUMNS, append_epoch_row
 from retrieval.training.schedule import (
     LRSchedule,
     build_optimizer,
+    cosine_end_note,
     param_groups,
     phase_for_epoch,
 )
@@ -44,6 +45,37 @@ def test_cosine_holds_base_lr_in_warmup_then_restarts_every_10_then_20():
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
     schedule.step_batch(2 + 20, 0.0)  # half of the second, 20-epoch cycle
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_cosine_t0_sets_the_first_cycle():
+    opt = _optimizer()
+    schedule = LRSchedule(opt, name="cosine", warmup_epochs=1, t0=4)
+    schedule.step_batch(1 + 2, 0.0)  # half of the first, 4-epoch cycle
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5, abs=1e-6)
+    schedule.step_batch(1 + 4, 0.0)  # restart; the next cycle is 8 epochs
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+    schedule.step_batch(1 + 8, 0.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("phase2", "t0"), [(10, 10), (30, 10), (70, 10), (9, 10), (14, 14), (3, 1), (1, 1)]
+)
+def test_no_note_when_phase_two_ends_annealed(phase2, t0):
+    # on a restart boundary t0 * (2^n - 1), or one epoch before it (2% of the base lr)
+    assert cosine_end_note(phase2, t0, warmup_epochs=2) is None
+
+
+def test_note_when_phase_two_ends_just_after_a_restart_names_the_fixes():
+    note = cosine_end_note(14, 10, warmup_epochs=2)  # train.py --epochs 16 --warmup_epochs 2
+    assert "4 epochs into a 20-epoch cycle, at 90% of the base lr" in note
+    assert "--epochs 12 or 32" in note and "--cosine_t0 14" in note
+
+
+def test_note_inside_the_first_cycle_offers_the_longer_run_only():
+    note = cosine_end_note(5, 10, warmup_epochs=5)  # stops halfway down the first cycle
+    assert "at 50% of the base lr" in note
+    assert "--epochs 15," in note and "--epochs 5 or" not in note
 
 
 def test_plateau_halves_after_patience():

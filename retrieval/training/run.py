@@ -12,6 +12,7 @@ from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_dev
 from retrieval.io import write_json_atomic
 from retrieval.training.distributed import DistContext, barrier, init_distributed, shutdown
 from retrieval.training.imprint import imprint_head
+from retrieval.training.schedule import cosine_end_note
 from retrieval.training.trainer import TrainingSession, TrainResult
 
 
@@ -66,6 +67,7 @@ def run_training(
         if ctx.is_main:
             print(plan.describe(), flush=True)
             print(_batch_line(cfg, plan, ctx), flush=True)
+            _print_schedule_note(cfg)
         session = TrainingSession(cfg, prepared, plan, ctx)
         latest = session.dir / ckpt.LATEST
         if latest.exists() and not fresh:
@@ -110,6 +112,14 @@ def _build_gallery(cfg: RunConfig, best: Path) -> None:
         device=cfg.train.device,
     )
     print(f"gallery: {ws.gallery.size} images indexed in {Path(cfg.workdir) / 'gallery'}")
+
+
+def _print_schedule_note(cfg: RunConfig) -> None:
+    phase2 = cfg.train.epochs - cfg.loss.warmup_epochs
+    if cfg.train.scheduler == "cosine" and phase2 > 0:
+        note = cosine_end_note(phase2, cfg.train.cosine_t0, cfg.loss.warmup_epochs)
+        if note:
+            print(note, flush=True)
 
 
 def _batch_line(cfg: RunConfig, plan: RuntimePlan, ctx: DistContext) -> str:

@@ -7,10 +7,13 @@ Phase 2: everything trainable, the target margin. One head serves both phases.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+
+END_FACTOR_OK = 0.1  # a planned end at <= 10% of the base lr counts as annealed
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,35 @@ def build_optimizer(
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def cosine_end_note(phase2_epochs: int, t0: int, warmup_epochs: int) -> str | None:
+    """A warning when phase 2 stops inside a cosine cycle at a high learning rate, else None.
+
+    Why: with warm restarts (cycles of t0, 2*t0, 4*t0 ... epochs) a run whose phase 2 is not
+    t0 * (2^n - 1) epochs long ends right after a restart, so its last epochs train at nearly
+    the full rate and are spent undoing what the annealed ones settled (``--epochs 16`` with 2
+    warm-up epochs: 4 epochs at 90-100% of the base rate). Early stopping may end a run sooner;
+    this is about the planned length.
+    """
+    done, cycle = 0, t0
+    while done + cycle <= phase2_epochs:
+        done, cycle = done + cycle, cycle * 2
+    into = phase2_epochs - done
+    end_factor = (1.0 + math.cos(math.pi * into / cycle)) / 2.0
+    if into == 0 or end_factor <= END_FACTOR_OK:
+        return None
+    shorter, longer = warmup_epochs + done, warmup_epochs + done + cycle
+    options = f"--epochs {shorter} or {longer}" if done else f"--epochs {longer}"
+    return (
+        f"note: phase 2 has {phase2_epochs} epochs and the cosine schedule restarts after "
+        f"{t0}, {3 * t0}, {7 * t0} ... of them (--cosine_t0 {t0}), so the run stops {into} "
+        f"epochs into a {cycle}-epoch cycle, at {end_factor:.0%} of the base lr; for a run that ends "
+        f"annealed use {options}, or --cosine_t0 {phase2_epochs} (one cycle)"
+    )
+
+
 class LRSchedule:
-    """Cosine warm restarts (T_0=10, T_mult=2) or ReduceLROnPlateau, over phase 2 only.
+    """Cosine warm restarts (T_0=``t0``, 10 by default, T_mult=2) or ReduceLROnPlateau, over
+    phase 2 only.
 
     The warm-up phase runs at the base learning rate times ``warmup_lr_mult``: only the head
     side trains then (the backbone is frozen), so this is the linear-probe step of LP-FT at
@@ -86,6 +116,7 @@ class LRSchedule:
         name: str,
         warmup_epochs: int,
         warmup_lr_mult: float = 1.0,
+        t0: int = 10,
     ):
         self.name = name
         self.warmup_epochs = warmup_epochs
@@ -100,7 +131,7 @@ class LRSchedule:
             )
         else:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-                optimizer, T_0=10, T_mult=2
+                optimizer, T_0=t0, T_mult=2
             )
 
     def start_epoch(self, epoch: int) -> None:

@@ -110,6 +110,7 @@ class TrainingSession:
             name=tc.scheduler,
             warmup_epochs=lc.warmup_epochs,
             warmup_lr_mult=tc.warmup_lr_mult,
+            t0=tc.cosine_t0,
         )
         self.scaler = make_grad_scaler(self.plan)
 
