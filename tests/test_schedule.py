@@ -159,3 +159,14 @@ def test_select_on_is_validated():
 
     with pytest.raises(InputError, match="--select_on"):
         TrainConfig(select_on="loss")
+
+
+def test_a_training_run_prints_the_note_for_cosine_only(capsys):
+    from retrieval.config import build_run_config
+    from retrieval.training.run import _print_schedule_note
+
+    _print_schedule_note(build_run_config({"epochs": 16, "warmup_epochs": 2}))
+    assert "--cosine_t0 14 (one cycle)" in capsys.readouterr().out
+    for values in ({"epochs": 16, "warmup_epochs": 2, "scheduler": "plateau"}, {}):
+        _print_schedule_note(build_run_config(values))  # plateau; the SPEC default 5 + 30
+        assert capsys.readouterr().out == ""
