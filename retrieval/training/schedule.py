@@ -75,11 +75,11 @@ def build_optimizer(
 def cosine_end_note(phase2_epochs: int, t0: int, warmup_epochs: int) -> str | None:
     """A warning when phase 2 stops inside a cosine cycle at a high learning rate, else None.
 
-    Why: with warm restarts (cycles of t0, 2*t0, 4*t0 ... epochs) a run whose phase 2 is not
-    t0 * (2^n - 1) epochs long ends right after a restart, so its last epochs train at nearly
-    the full rate and are spent undoing what the annealed ones settled (``--epochs 16`` with 2
-    warm-up epochs: 4 epochs at 90-100% of the base rate). Early stopping may end a run sooner;
-    this is about the planned length.
+    Why: with warm restarts (cycles of t0, 2*t0, 4*t0 ... epochs) a phase 2 that is not
+    t0 * (2^n - 1) epochs long stops inside a cycle. Shortly after a restart, its last epochs
+    train at nearly the full rate and undo what the annealed ones settled (``--epochs 16``
+    with 2 warm-up epochs: 4 epochs at 90-100% of the base rate). Early stopping may end a
+    run sooner; this is about the planned length.
     """
     done, cycle = 0, t0
     while done + cycle <= phase2_epochs:
@@ -92,9 +92,9 @@ def cosine_end_note(phase2_epochs: int, t0: int, warmup_epochs: int) -> str | No
     options = f"--epochs {shorter} or {longer}" if done else f"--epochs {longer}"
     return (
         f"note: phase 2 has {phase2_epochs} epochs and the cosine schedule restarts after "
-        f"{t0}, {3 * t0}, {7 * t0} ... of them (--cosine_t0 {t0}), so the run stops {into} "
-        f"epochs into a {cycle}-epoch cycle, at {end_factor:.0%} of the base lr; for a run that ends "
-        f"annealed use {options}, or --cosine_t0 {phase2_epochs} (one cycle)"
+        f"{t0}, {3 * t0}, {7 * t0} ... of them (--cosine_t0 {t0}), so the run stops "
+        f"{into} epochs into a {cycle}-epoch cycle, at {end_factor:.0%} of the base lr; for "
+        f"a run that ends annealed use {options}, or --cosine_t0 {phase2_epochs} (one cycle)"
     )
 
 
