@@ -91,8 +91,8 @@ def cosine_end_note(phase2_epochs: int, t0: int, warmup_epochs: int) -> str | No
     shorter, longer = warmup_epochs + done, warmup_epochs + done + cycle
     options = f"--epochs {shorter} or {longer}" if done else f"--epochs {longer}"
     return (
-        f"note: phase 2 has {phase2_epochs} epochs and the cosine schedule restarts after "
-        f"{t0}, {3 * t0}, {7 * t0} ... of them (--cosine_t0 {t0}), so the run stops "
+        f"lr schedule: phase 2 has {phase2_epochs} epochs and the cosine schedule restarts "
+        f"after {t0}, {3 * t0}, {7 * t0} ... of them (--cosine_t0 {t0}), so the run stops "
         f"{into} epochs into a {cycle}-epoch cycle, at {end_factor:.0%} of the base lr; for "
         f"a run that ends annealed use {options}, or --cosine_t0 {phase2_epochs} (one cycle)"
     )
