@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+T_MULT = 2  # each cosine cycle is this many times as long as the one before (SPEC 3.3)
 END_FACTOR_OK = 0.1  # a planned end at <= 10% of the base lr counts as annealed
 
 
@@ -83,16 +84,17 @@ def cosine_end_note(phase2_epochs: int, t0: int, warmup_epochs: int) -> str | No
     """
     done, cycle = 0, t0
     while done + cycle <= phase2_epochs:
-        done, cycle = done + cycle, cycle * 2
+        done, cycle = done + cycle, cycle * T_MULT
     into = phase2_epochs - done
     end_factor = (1.0 + math.cos(math.pi * into / cycle)) / 2.0
     if into == 0 or end_factor <= END_FACTOR_OK:
         return None
     shorter, longer = warmup_epochs + done, warmup_epochs + done + cycle
     options = f"--epochs {shorter} or {longer}" if done else f"--epochs {longer}"
+    restarts = ", ".join(str(t0 * sum(T_MULT**i for i in range(n))) for n in (1, 2, 3))
     return (
         f"lr schedule: phase 2 has {phase2_epochs} epochs and the cosine schedule restarts "
-        f"after {t0}, {3 * t0}, {7 * t0} ... of them (--cosine_t0 {t0}), so the run stops "
+        f"after {restarts} ... of them (--cosine_t0 {t0}), so the run stops "
         f"{into} epochs into a {cycle}-epoch cycle, at {end_factor:.0%} of the base lr; for "
         f"a run that ends annealed use {options}, or --cosine_t0 {phase2_epochs} (one cycle)"
     )
@@ -131,7 +133,7 @@ class LRSchedule:
             )
         else:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-                optimizer, T_0=t0, T_mult=2
+                optimizer, T_0=t0, T_mult=T_MULT
             )
 
     def start_epoch(self, epoch: int) -> None:
