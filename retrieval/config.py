@@ -21,7 +21,7 @@ PRESETS = ("demo",)
 DEVICES = ("auto", "cpu", "cuda")
 SELECTION_METRICS = ("recall_at_1", "map")
 POOLINGS = ("avg", "gem")
-HEAD_INITS = ("random", "imprint", "imprint_centred")
+HEAD_INITS = ("random", "imprint", "imprint_centred", "auto")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -69,7 +69,7 @@ class LossConfig:
     warmup_epochs: int = 5  # phase 1: backbone frozen, margin 0
     subcenters: int = 1  # sub-center ArcFace: k centres per class (1 = plain ArcFace)
     dynamic_margins: bool = False  # per-class margin a * n^(-1/4) + b from class frequency
-    head_init: str = "random"  # random | imprint | imprint_centred: centres from train embeddings
+    head_init: str = "random"  # random | imprint | imprint_centred | auto (imprint if spread)
 
     def __post_init__(self) -> None:
         _require(

@@ -6,11 +6,13 @@ import csv
 import json
 
 import pytest
+import torch
 from conftest import TINY_TRAIN_ARGS, train_tiny
 
 import search
 import train
 from retrieval import checkpoint as ckpt
+from retrieval.training import imprint
 
 
 def test_gem_subcenters_dynamic_margins_train_resume_and_search(tmp_path, capsys):
@@ -73,3 +75,28 @@ def test_head_init_imprint_starts_each_centre_at_its_class_and_not_again_on_resu
     assert train.main([*argv, "--warmup_epochs", "1", "--head_init", head_init]) == 0
     resumed = capsys.readouterr().out
     assert "resuming from" in resumed and "imprinted" not in resumed  # the trained head stays
+
+
+def test_head_init_auto_imprints_below_the_cone_threshold(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(imprint, "AUTO_MAX_COSINE", 1.0)  # every start model is spread enough
+    _, workdir = train_tiny(tmp_path, epochs=1, extra=("--head_init", "auto"))
+    assert "class centres imprinted" in capsys.readouterr().out
+    state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
+    assert state["config"]["loss"]["head_init"] == "auto"
+
+
+def test_head_init_auto_that_keeps_random_centres_trains_exactly_as_random(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(imprint, "AUTO_MAX_COSINE", -1.0)  # every start model is one cone
+    _, auto = train_tiny(tmp_path / "auto", epochs=2, extra=("--head_init", "auto"))
+    out = capsys.readouterr().out
+    assert "random class centres kept (--head_init auto)" in out and "centres imprinted" not in out
+    _, random = train_tiny(tmp_path / "random", epochs=2, extra=("--head_init", "random"))
+    kept, plain = (
+        ckpt.load_checkpoint(w / "checkpoints" / "latest_model.pt") for w in (auto, random)
+    )
+    for part in ("model", "head"):
+        assert kept[part].keys() == plain[part].keys()
+        for name, tensor in plain[part].items():
+            assert torch.equal(kept[part][name], tensor), f"{part}.{name} differs"

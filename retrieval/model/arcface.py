@@ -151,18 +151,14 @@ class ArcFaceHead(nn.Module):
         centres cannot spread. ``embeddings``: (N, D);
         ``labels``: (N,) class indices. Returns how many classes were imprinted.
         """
-        x = F.normalize(embeddings.to(self.weight.device).float(), dim=1)
-        labels = labels.to(self.weight.device).long()
+        x, labels = embeddings.to(self.weight.device), labels.to(self.weight.device)
         if x.shape != (labels.shape[0], self.weight.shape[1]):
             raise InputError(
                 f"imprint: embeddings of shape {tuple(x.shape)} and {labels.shape[0]} labels "
                 f"do not fit a head of dimension {self.weight.shape[1]}"
             )
-        if centred:
-            x = x - x.mean(dim=0, keepdim=True)
-        sums = x.new_zeros(self.num_classes, x.shape[1]).index_add_(0, labels, x)
-        present = torch.bincount(labels, minlength=self.num_classes) > 0
-        centres = F.normalize(sums, dim=1).repeat_interleave(self.subcenters, dim=0)
+        means, present = class_mean_directions(x, labels, self.num_classes, centred=centred)
+        centres = means.repeat_interleave(self.subcenters, dim=0)
         rows = present.repeat_interleave(self.subcenters)
         scale = self.weight.norm(dim=1, keepdim=True)  # keep the init's norms (AdamW steps)
         self.weight[rows] = (centres * scale)[rows].to(self.weight.dtype)
@@ -171,6 +167,20 @@ class ArcFaceHead(nn.Module):
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the ArcFace logits: a float32 scalar."""
         return F.cross_entropy(self(embeddings, labels), labels.long())
+
+
+def class_mean_directions(
+    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, *, centred: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's mean direction of normalised ``embeddings``: (C, D) float32 unit rows
+    (zero rows for absent classes), and the (C,) mask of classes that have any embedding."""
+    x = F.normalize(embeddings.float(), dim=1)
+    labels = labels.long()
+    if centred:
+        x = x - x.mean(dim=0, keepdim=True)
+    sums = x.new_zeros(num_classes, x.shape[1]).index_add_(0, labels, x)
+    present = torch.bincount(labels, minlength=num_classes) > 0
+    return F.normalize(sums, dim=1), present
 
 
 def _margin_cos(cos_y: torch.Tensor, sin_y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,7 @@ def run_training(
                 transform=session.eval_transform,
                 plan=plan,
                 batch_size=cfg.train.eval_batch_size,
-                centred=cfg.loss.head_init == "imprint_centred",
+                mode=cfg.loss.head_init,
             )
         if ctx.is_main:
             session.dir.mkdir(parents=True, exist_ok=True)
