@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=HEAD_INITS,
         help="ArcFace centres: random, imprint = each class's mean train embedding, "
         "imprint_centred = the same after removing the mean of all, or auto = imprint unless "
-        "the class means share one narrow cone (random)",
+        "the class means share one narrow cone (auto)",
     )
     p.add_argument("--seed", type=int, help="seed for splits and sampling (default 42)")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")

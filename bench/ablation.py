@@ -99,6 +99,7 @@ def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int)
         *("--cosine_t0", str(max(1, args.epochs - args.warmup_epochs))),  # one annealed cycle
         *("--margin", str(args.margin), "--scale", str(args.scale)),
         *("--batch_p", "16", "--batch_k", "4", "--seed", str(seed), "--device", args.device),
+        *("--head_init", "random"),  # the plain recipe every cell was measured against
         *extra,
     ]
 

@@ -69,7 +69,7 @@ class LossConfig:
     warmup_epochs: int = 5  # phase 1: backbone frozen, margin 0
     subcenters: int = 1  # sub-center ArcFace: k centres per class (1 = plain ArcFace)
     dynamic_margins: bool = False  # per-class margin a * n^(-1/4) + b from class frequency
-    head_init: str = "random"  # random | imprint | imprint_centred | auto (imprint if spread)
+    head_init: str = "auto"  # imprint where the class means spread, else random (bench/RESULTS.md)
 
     def __post_init__(self) -> None:
         _require(

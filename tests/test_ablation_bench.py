@@ -60,6 +60,9 @@ def test_every_variant_is_valid_train_py_flags_on_top_of_the_protocol(variant, t
         assert args.warmup_epochs == args.epochs == 7
     if variant == "slow_backbone":  # the variant's --lr overrides the protocol's
         assert (args.lr, args.head_lr_mult) == (1e-4, 3.0)
+    # The product defaults to --head_init auto; the bench pins random so that "plain" stays
+    # the recipe every earlier cell was paired with, and only the imprint variants imprint.
+    assert args.head_init == (variant if variant.startswith("imprint") else "random")
 
 
 def test_missing_data_set_names_the_flag(tmp_path):
