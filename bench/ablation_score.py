@@ -3,7 +3,9 @@
 Query-time options are chosen on the val split only: flip TTA and each re-ranking method get
 the parameters that give the best val identity-balanced mAP (``retrieval.rerank_tune``), the
 closed-set prior its weight (``retrieval.class_prior``), and the test split (or the held-out
-individuals) is scored once with them.
+individuals) is scored once with them. For a search against the train gallery (dogfacenet's
+Recall@1), DBA of the gallery plus alpha-QE of the queries gets its k and alpha from val
+queries searched in the same gallery (``retrieval.rerank_tune.tune_gallery_qe``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from retrieval.flips import choose_flip_policy, embed_with_mirrors, mirror_repor
 from retrieval.inference import load_inference_model
 from retrieval.metrics import evaluate_retrieval
 from retrieval.model.pretrained import create_backbone
-from retrieval.neighbours import top_k_cosine
-from retrieval.rerank_tune import score_set, set_identity_map, tune_rerank
+from retrieval.neighbours import expand_against_gallery, top_k_cosine
+from retrieval.rerank_tune import score_set, set_identity_map, tune_gallery_qe, tune_rerank
 from retrieval.workspace import inference_plan
 
 RERANKS = ("none", "qe", "kr")
@@ -150,10 +152,14 @@ def score_cell(
     out["params"].update(chosen)
     if mode == "gallery":
         for view in VIEWS:
-            m = evaluate_retrieval(test[view], test_labels, gallery[view], train_labels)
             suffix = "" if view == "plain" else "_tta"
-            out["metrics"][f"test_r1{suffix}"] = m.recall_at_1
-            out["metrics"][f"test_map{suffix}"] = m.map
+            tuned = tune_gallery_qe(val[view], val_labels, gallery[view], train_labels)
+            out["params"][f"test_r1{suffix}_qe"] = tuned.params
+            for tag, params in (("", {"k": 0}), ("_qe", tuned.params)):
+                q, g = expand_against_gallery(test[view], gallery[view], **params)
+                m = evaluate_retrieval(q, test_labels, g, train_labels)
+                out["metrics"][f"test_r1{suffix}{tag}"] = m.recall_at_1
+                out["metrics"][f"test_map{suffix}{tag}"] = m.map
     report = mirror_report(val["plain"], val["mirrored"], val_labels)
     policy = choose_flip_policy(report)
     out["mirror"] = {**report.to_dict(), "augment": policy.augment, "tta": policy.tta}
@@ -180,6 +186,8 @@ COLUMNS = {
         ("test_r1", "test R@1"),
         ("test_map", "test mAP"),
         ("test_r1_tta", "R@1 +TTA"),
+        ("test_r1_qe", "R@1 +QE/DBA"),
+        ("test_map_qe", "mAP +QE/DBA"),
         ("open_map", "open-set mAP"),
         ("open_map_tta", "open +TTA"),
         ("open_map_qe", "open +QE"),

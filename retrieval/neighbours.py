@@ -122,3 +122,16 @@ def database_augmentation(gallery: np.ndarray, *, k: int = 2, alpha: float = 3.0
     g = unit_rows(gallery, "gallery")
     k = _check_qe(k, alpha, g.shape[0] - 1, "the rest of the gallery")
     return g if k == 0 else _expanded_rows(g, g, k, float(alpha), exclude=True)
+
+
+def expand_against_gallery(
+    queries: np.ndarray, gallery: np.ndarray, *, k: int = 2, alpha: float = 3.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """DBA of the gallery, then alpha-QE of the queries against the augmented gallery.
+
+    The query-against-gallery form of ``qe`` (Recall@1 and mAP of a search), where the pairs
+    mode re-scores one set against itself: both sides are averaged with their neighbours alike,
+    as in the Google Landmark solutions. Returns (queries, gallery), unit rows.
+    """
+    g = database_augmentation(gallery, k=k, alpha=alpha)
+    return alpha_query_expansion(queries, g, k=k, alpha=alpha), g

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import InputError
-from retrieval.metrics import average_precision_rows
+from retrieval.metrics import average_precision_rows, evaluate_retrieval
+from retrieval.neighbours import expand_against_gallery
 from retrieval.rerank import METHODS, rerank_similarity_matrix
 
 GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -87,4 +88,21 @@ def tune_rerank(embeddings: np.ndarray, labels: np.ndarray, method: str) -> Tune
             best = TunedRerank(method, dict(params), value, plain)
     if best is None:
         raise InputError(f"val split of {n} images is too small to tune {method!r} re-ranking")
+    return best
+
+
+def tune_gallery_qe(
+    val: np.ndarray, val_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray
+) -> TunedRerank:
+    """The ``qe`` grid point with the best val mAP of val queries against the gallery (DBA of
+    the gallery plus alpha-QE of the queries; ties: the first). ``val_map`` holds that mAP."""
+    plain = evaluate_retrieval(val, val_labels, gallery, gallery_labels).map
+    best = TunedRerank("qe", {"k": 0, "alpha": 1.0}, plain, plain)  # k=0: no expansion
+    for params in GRIDS["qe"]:
+        if params["k"] >= gallery.shape[0]:
+            continue
+        q, g = expand_against_gallery(val, gallery, **params)
+        value = evaluate_retrieval(q, val_labels, g, gallery_labels).map
+        if value > best.val_map:
+            best = TunedRerank("qe", dict(params), value, plain)
     return best

@@ -23,6 +23,7 @@ from peer import PEER_BACKBONE, PEER_FILE, PeerConfig, load_peer, train_peer
 
 from retrieval.data.prepare import prepare_data
 from retrieval.model.pretrained import create_backbone
+from retrieval.rerank_tune import GRIDS
 
 TINY = PeerConfig(
     epochs=2, lr=1e-3, image_size=48, batch_size=8, per_class=2, device="cpu", pretrained="none"
@@ -59,3 +60,21 @@ def test_peer_is_scored_on_the_same_split_as_our_cells(peer_cell):
     assert 0.0 < result["metrics"]["test_map"] <= 1.0
     assert {"test_map_qe", "test_map_kr", "test_map_tta"} <= set(result["metrics"])
     assert result["minutes_to_best"] >= 0
+
+
+def test_gallery_mode_scores_recall_with_and_without_expansion_chosen_on_val(peer_cell):
+    workdir, prepared = peer_cell
+    records = CellRecords(prepared, tuple(prepared.test))  # the test photos stand in as strangers
+    result = score_cell(
+        workdir / PEER_FILE, records, mode="gallery", kind="peer", image_size=48, device="cpu"
+    )
+    metrics = result["metrics"]
+    for key in ("test_r1", "test_r1_qe", "test_map", "test_map_qe", "test_r1_tta_qe"):
+        assert 0.0 <= metrics[key] <= 1.0
+    chosen = result["params"]["test_r1_qe"]
+    assert chosen["k"] in {0, *(p["k"] for p in GRIDS["qe"])}
+    if chosen["k"] == 0:  # val chose no expansion: the same ranking as plain cosine
+        assert (metrics["test_r1_qe"], metrics["test_map_qe"]) == (
+            metrics["test_r1"],
+            metrics["test_map"],
+        )
