@@ -26,7 +26,13 @@ from retrieval.inference import load_inference_model
 from retrieval.metrics import evaluate_retrieval
 from retrieval.model.pretrained import create_backbone
 from retrieval.neighbours import expand_against_gallery, top_k_cosine
-from retrieval.rerank_tune import score_set, set_identity_map, tune_gallery_qe, tune_rerank
+from retrieval.rerank_tune import (
+    NO_EXPANSION,
+    score_set,
+    set_identity_map,
+    tune_gallery_qe,
+    tune_rerank,
+)
 from retrieval.workspace import inference_plan
 
 RERANKS = ("none", "qe", "kr")
@@ -155,7 +161,7 @@ def score_cell(
             suffix = "" if view == "plain" else "_tta"
             tuned = tune_gallery_qe(val[view], val_labels, gallery[view], train_labels)
             out["params"][f"test_r1{suffix}_qe"] = tuned.params
-            for tag, params in (("", {"k": 0}), ("_qe", tuned.params)):
+            for tag, params in (("", NO_EXPANSION), ("_qe", tuned.params)):
                 q, g = expand_against_gallery(test[view], gallery[view], **params)
                 m = evaluate_retrieval(q, test_labels, g, train_labels)
                 out["metrics"][f"test_r1{suffix}{tag}"] = m.recall_at_1

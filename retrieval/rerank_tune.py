@@ -33,6 +33,9 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+NO_EXPANSION: dict[str, Any] = {"k": 0, "alpha": 1.0}  # expand_against_gallery: cosine alone
+
+
 @dataclass(frozen=True)
 class TunedRerank:
     method: str
@@ -95,14 +98,14 @@ def tune_gallery_qe(
     val: np.ndarray, val_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray
 ) -> TunedRerank:
     """The ``qe`` grid point with the best val mAP of val queries against the gallery (DBA of
-    the gallery plus alpha-QE of the queries; ties: the first). ``val_map`` holds that mAP."""
-    plain = evaluate_retrieval(val, val_labels, gallery, gallery_labels).map
-    best = TunedRerank("qe", {"k": 0, "alpha": 1.0}, plain, plain)  # k=0: no expansion
-    for params in GRIDS["qe"]:
-        if params["k"] >= gallery.shape[0]:
-            continue
+    the gallery plus alpha-QE of the queries; ties: the first, so ``NO_EXPANSION`` wins them).
+    ``val_map`` holds that mAP."""
+
+    def val_map(params: dict[str, Any]) -> float:
         q, g = expand_against_gallery(val, gallery, **params)
-        value = evaluate_retrieval(q, val_labels, g, gallery_labels).map
-        if value > best.val_map:
-            best = TunedRerank("qe", dict(params), value, plain)
-    return best
+        return evaluate_retrieval(q, val_labels, g, gallery_labels).map
+
+    candidates = [NO_EXPANSION, *(p for p in GRIDS["qe"] if p["k"] < gallery.shape[0])]
+    scores = [val_map(p) for p in candidates]
+    best = int(np.argmax(scores))
+    return TunedRerank("qe", dict(candidates[best]), scores[best], scores[0])
