@@ -18,6 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_workdir_args(p)
     p.add_argument("--split", choices=["val", "test"], default="test", help="query split")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="flip TTA (off)")
+    p.add_argument(
+        "--rerank",
+        choices=["none", "qe"],
+        default="none",
+        help="qe: database-side augmentation of the gallery plus alpha query expansion, "
+        "neighbour count chosen on the val split (once; stored with the gallery)",
+    )
     p.add_argument("--data", help="data folder/manifest if it moved since training")
     p.add_argument("--image_root", help="image folder of a moved manifest")
     p.add_argument("--batch_size", type=int, default=64, help="embedding batch size")
@@ -49,7 +56,13 @@ def _run(args: argparse.Namespace) -> int:
     ws = workspace_from_args(args, data=args.data, image_root=args.image_root)
     prepared = prepare_for(ws.loaded, workdir, data=args.data, image_root=args.image_root)
     queries = prepared.val if args.split == "val" else prepared.test
-    report, arrays = evaluate_split(ws, queries, split=args.split)
+    if args.rerank == "qe":
+        from retrieval.expansion import ensure_expansion
+
+        print(ensure_expansion(ws, prepared.val).describe())
+        if args.split == "val":
+            print("  note: val chose these parameters, so its figures below are optimistic")
+    report, arrays = evaluate_split(ws, queries, split=args.split, expand=args.rerank == "qe")
     results = workdir / "results"
     files = write_outputs(ws, report, results)
     if args.figures is not False:

@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rerank",
         choices=["none", "qe", "kr"],
         default="none",
-        help="pairs: re-rank the test-vs-test matrix (query expansion / k-reciprocal), "
-        "parameters chosen on the val split",
+        help="pairs: re-rank the test-vs-test matrix (query expansion / k-reciprocal); "
+        "photos: qe averages the gallery and each photo with their neighbours (DBA + "
+        "alpha-QE); parameters chosen on the val split",
     )
     add_bool_flag(
         p,
@@ -57,8 +58,11 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(
             "give image files/folders to identify, --pairs CSV, --enroll PATH or --remove CLASS"
         )
-    if not args.pairs and (args.rerank != "none" or args.closed_set):
-        raise InputError("--rerank and --closed_set score a --pairs CSV; add --pairs or drop them")
+    if not args.pairs and (args.rerank == "kr" or args.closed_set):
+        raise InputError(
+            "--rerank kr and --closed_set score a --pairs CSV; add --pairs or drop them "
+            "(photo searches take --rerank qe)"
+        )
     workdir = Path(args.workdir)
     ws = _onnx_workspace(args, workdir) if args.onnx else workspace_from_args(args)
     if args.enroll or args.remove:
@@ -82,7 +86,10 @@ def _run(args: argparse.Namespace) -> int:
     from retrieval.query import answer_images
     from retrieval.query_format import render
 
-    answers = answer_images(ws, args.images, top_k=args.top_k)
+    expand = args.rerank == "qe"
+    if expand:
+        print(_expansion(ws, args, workdir).describe(), file=sys.stderr)
+    answers = answer_images(ws, args.images, top_k=args.top_k, expand=expand)
     print(render(answers, args.format))
     return 1 if any(a.error for a in answers) else 0
 
@@ -101,6 +108,17 @@ def _onnx_workspace(args: argparse.Namespace, workdir: Path):
     return open_onnx_workspace(
         Path(args.onnx), workdir / GALLERY_FOLDER, batch_size=args.batch_size
     )
+
+
+def _expansion(ws, args: argparse.Namespace, workdir: Path):
+    """The gallery's query expansion; chosen on the checkpoint's val split on first use."""
+    from retrieval.expansion import ensure_expansion
+
+    if ws.gallery.expansion is not None or args.onnx:
+        return ensure_expansion(ws, None)
+    from retrieval.workspace import prepare_for
+
+    return ensure_expansion(ws, prepare_for(ws.loaded, workdir, data=None, image_root=None).val)
 
 
 def _change_gallery(ws, args: argparse.Namespace) -> int:

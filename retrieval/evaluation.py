@@ -50,13 +50,19 @@ class EvaluationReport:
     confusions: list[tuple[str, str, int]]
     inference_images_per_s: float
     files: list[Path]
+    expansion: dict | None = None  # --rerank qe: what val chose (GalleryExpansion.to_dict)
 
 
 def evaluate_split(
-    ws: Workspace, queries: list[ImageRecord], *, split: str, progress: bool = True
+    ws: Workspace,
+    queries: list[ImageRecord],
+    *,
+    split: str,
+    expand: bool = False,
+    progress: bool = True,
 ) -> tuple[EvaluationReport, dict]:
-    """Metrics and decisions of ``queries`` against the gallery; returns the report and the
-    arrays the figures need."""
+    """Metrics and decisions of ``queries`` against the gallery (``expand``: with its stored
+    query expansion); returns the report and the arrays the figures need."""
     c2i = ws.loaded.class_to_idx
     known = [r for r in queries if r.label in c2i]
     if not known:
@@ -64,12 +70,14 @@ def evaluate_split(
     timer = EmbedTimer()
     query_embeddings = ws.embed(known, desc=f"{split}: queries", progress=progress, timer=timer)
     truth = labels_of(known, c2i)
-    index = ws.gallery.index
-    gallery_labels = ws.gallery.labels_by_id[index.ids()]
+    gallery = ws.gallery
+    query_embeddings, index = gallery.search_space(query_embeddings, expand=expand)
+    gallery_labels = gallery.labels_by_id[index.ids()]
     metrics = evaluate_retrieval(query_embeddings, truth, index.reconstruct_all(), gallery_labels)
-    hits = ws.gallery.search(query_embeddings, VOTE_TOP_N)
+    hits = gallery.label_hits(index.search(query_embeddings, VOTE_TOP_N))
+    thresholds = gallery.vote_thresholds(expand=expand)
     decisions = vote_batch(
-        hits.labels, hits.result.distances, top_n=VOTE_TOP_N, thresholds=ws.gallery.thresholds
+        hits.labels, hits.result.distances, top_n=VOTE_TOP_N, thresholds=thresholds
     )
     accuracy, coverage = accuracy_coverage(decisions, truth)
     predicted = np.array([-1 if d.label is None else d.label for d in decisions], dtype=np.int64)
@@ -81,6 +89,7 @@ def evaluate_split(
         confusions=confusion_pairs(truth, predicted, ws.gallery.class_names, top_n=10),
         inference_images_per_s=timer.images_per_s,
         files=[],
+        expansion=gallery.expansion.to_dict() if expand else None,
     )
     arrays = {
         "query_embeddings": query_embeddings,
@@ -123,12 +132,13 @@ def _metrics_json(ws: Workspace, report: EvaluationReport) -> dict:
         "decision": {
             "accuracy_on_accepted": report.decision_accuracy,
             "coverage": report.decision_coverage,
-            "thresholds": ws.gallery.thresholds.to_dict(),
+            "thresholds": ws.gallery.vote_thresholds(expand=report.expansion is not None).to_dict(),
             "top_n": VOTE_TOP_N,
         },
         "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in report.confusions],
         "inference_images_per_s": report.inference_images_per_s,
         "tta": ws.tta,
+        "query_expansion": report.expansion,
     }
 
 
@@ -157,8 +167,14 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
         "decision_coverage": f"{report.decision_coverage:.4f}",
         "train_time_min": f"{ws.loaded.train_seconds / 60:.2f}",
         "inference_images_per_s": f"{report.inference_images_per_s:.1f}",
-        "notes": f"tta={ws.tta}; checkpoint={ws.loaded.checkpoint.name}",
+        "notes": f"tta={ws.tta}; rerank={_rerank_note(report)}; "
+        f"checkpoint={ws.loaded.checkpoint.name}",
     }
+
+
+def _rerank_note(report: EvaluationReport) -> str:
+    e = report.expansion
+    return "none" if e is None else f"qe(k={e['k']},alpha={e['alpha']:g})"
 
 
 def _append_benchmark(path: Path, row: dict) -> None:
@@ -173,7 +189,8 @@ def _append_benchmark(path: Path, row: dict) -> None:
 def format_report(report: EvaluationReport) -> str:
     m = report.metrics
     lines = [
-        f"{report.split}: {m.n_queries} queries",
+        f"{report.split}: {m.n_queries} queries"
+        + ("" if report.expansion is None else f", {_rerank_note(report)} against a DBA'd gallery"),
         f"  Recall@1 {m.recall_at_1:.4f}   Recall@5 {m.recall_at_5:.4f}",
         f"  mAP {m.map:.4f}   identity-balanced mAP {m.identity_balanced_map:.4f}",
         f"  voted decision: accuracy {report.decision_accuracy:.4f} on accepted, "

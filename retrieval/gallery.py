@@ -19,12 +19,14 @@ import numpy as np
 
 from retrieval.decision import Thresholds
 from retrieval.errors import InputError
+from retrieval.expansion import GalleryExpansion, augment_gallery, expand_queries
 from retrieval.index import FlatIndex, SearchResult
 from retrieval.io import read_json, write_json_atomic
 
 POINTER = "current.json"
 GALLERY_FOLDER = "gallery"  # <workdir>/gallery
 FORMAT_VERSION = 1
+EXPANDED_INDEX = "index_expanded.faiss"  # the DBA'd vectors, beside index.faiss
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Gallery:
     thresholds: Thresholds = field(default_factory=Thresholds)
     history: list[dict] = field(default_factory=list)  # what built or changed the gallery
     open_set: dict | None = None  # new-individual calibration (evaluate.py --open_set)
+    expansion: GalleryExpansion | None = None  # --rerank qe, chosen on val
+    _augmented: FlatIndex | None = field(default=None, init=False, repr=False)  # DBA'd index
 
     @classmethod
     def build(
@@ -78,9 +82,51 @@ class Gallery:
     def size(self) -> int:
         return self.index.ntotal
 
-    def search(self, queries: np.ndarray, k: int) -> GalleryHits:
-        """Top-k items per query; queries (Q, D) float32 unit rows."""
-        result = self.index.search(queries, k)
+    def search(self, queries: np.ndarray, k: int, *, expand: bool = False) -> GalleryHits:
+        """Top-k items per query; queries (Q, D) float32 unit rows. ``expand``: with the
+        stored query expansion (scores are then cosines between expanded vectors)."""
+        queries, index = self.search_space(queries, expand=expand)
+        return self.label_hits(index.search(queries, k))
+
+    def search_space(self, queries: np.ndarray, *, expand: bool) -> tuple[np.ndarray, FlatIndex]:
+        """The queries and the index a search compares: as given against the stored vectors,
+        or (``expand``) alpha-QE'd against the DBA'd vectors, which keep the item IDs."""
+        if not expand:
+            return queries, self.index
+        index = self.augmented_index()
+        if index.ntotal == 0:  # nothing to average with, nothing to find
+            return queries, index
+        return expand_queries(queries, index.reconstruct_all(), self.expansion), index
+
+    def vote_thresholds(self, *, expand: bool) -> Thresholds:
+        """The reject thresholds calibrated for this kind of search."""
+        return self.chosen_expansion().thresholds if expand else self.thresholds
+
+    def chosen_expansion(self) -> GalleryExpansion:
+        """The stored expansion, or an ``InputError`` that says how to choose one."""
+        if self.expansion is None:
+            raise InputError(
+                "this gallery has no query expansion chosen; run with --rerank qe, which "
+                "chooses it on the val split"
+            )
+        return self.expansion
+
+    def augmented_index(self) -> FlatIndex:
+        """The stored vectors after DBA with the chosen expansion, built on first use."""
+        expansion = self.chosen_expansion()
+        if self._augmented is None:
+            self._augmented = FlatIndex(self.index.dim, use_gpu=self.index.use_gpu)
+            if self.size:  # a gallery emptied by --remove stays searchable (no hits)
+                vectors = augment_gallery(self.index.reconstruct_all(), expansion)
+                self._augmented.add_with_ids(vectors, self.index.ids())
+        return self._augmented
+
+    def set_expansion(self, expansion: GalleryExpansion) -> None:
+        self.expansion, self._augmented = expansion, None
+        self.history.append({"event": "expansion", **expansion.to_dict(), "time": _now()})
+
+    def label_hits(self, result: SearchResult) -> GalleryHits:
+        """``result`` (indices are item IDs) with each hit's class and image path."""
         safe = np.clip(result.indices, 0, None)
         labels = np.where(result.indices >= 0, self.labels_by_id[safe], -1)
         paths = [[self.paths_by_id[i] if i >= 0 else "" for i in row] for row in result.indices]
@@ -106,6 +152,7 @@ class Gallery:
         self.index.add_with_ids(embeddings, ids)
         self.labels_by_id = np.concatenate([self.labels_by_id, labels])
         self.paths_by_id += [str(p) for p in paths]
+        self._augmented = None  # neighbourhoods changed: DBA again on next use
         return ids
 
     def remove_class(self, name: str) -> int:
@@ -113,6 +160,7 @@ class Gallery:
         label = self.class_index(name)
         ids = np.flatnonzero(self.labels_by_id == label).astype(np.int64)
         removed = self.index.remove_ids(ids)
+        self._augmented = None
         self.labels_by_id[ids] = -1
         for i in ids:
             self.paths_by_id[i] = ""
@@ -142,6 +190,8 @@ class Gallery:
         folder = root / version
         folder.mkdir(parents=True)
         self.index.save(folder / "index.faiss")
+        if self.expansion is not None:
+            self.augmented_index().save(folder / EXPANDED_INDEX)
         np.save(folder / "labels_by_id.npy", self.labels_by_id)
         write_json_atomic(folder / "paths_by_id.json", self.paths_by_id)
         write_json_atomic(folder / "meta.json", self._meta())
@@ -157,6 +207,7 @@ class Gallery:
             "thresholds": self.thresholds.to_dict(),
             "history": self.history,
             "open_set": self.open_set,
+            "expansion": None if self.expansion is None else self.expansion.to_dict(),
             "items": self.size,
         }
 
@@ -177,7 +228,8 @@ class Gallery:
                 f"({meta['fingerprint']}, this one is {expected_fingerprint}); "
                 f"delete {root} to rebuild it, or pass the --checkpoint it was built from"
             )
-        return cls(
+        expansion = meta.get("expansion")
+        gallery = cls(
             index=FlatIndex.load(folder / "index.faiss", use_gpu=use_gpu),
             labels_by_id=np.load(folder / "labels_by_id.npy"),
             paths_by_id=read_json(folder / "paths_by_id.json"),
@@ -186,7 +238,11 @@ class Gallery:
             thresholds=Thresholds.from_dict(meta["thresholds"]),
             history=list(meta["history"]),
             open_set=meta.get("open_set"),
+            expansion=None if expansion is None else GalleryExpansion.from_dict(expansion),
         )
+        if expansion is not None:
+            gallery._augmented = FlatIndex.load(folder / EXPANDED_INDEX, use_gpu=use_gpu)
+        return gallery
 
 
 def gallery_exists(root: Path) -> bool:

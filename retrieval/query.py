@@ -76,9 +76,11 @@ def _readable(paths: list[Path]) -> tuple[list[Path], list[QueryAnswer]]:
 
 
 def answer_images(
-    ws: Workspace | OnnxWorkspace, inputs: list[str], *, top_k: int = 5
+    ws: Workspace | OnnxWorkspace, inputs: list[str], *, top_k: int = 5, expand: bool = False
 ) -> list[QueryAnswer]:
-    """Top-k matches and the voted decision for every image in ``inputs``."""
+    """Top-k matches and the voted decision for every image in ``inputs``; ``expand``: search
+    with the gallery's stored query expansion (``retrieval.expansion``). The open-set check
+    stays on the plain top-1 cosine, which is what it was calibrated on."""
     if top_k < 1:
         raise InputError(f"--top_k must be >= 1, got {top_k}")
     paths, errors = collect_images(inputs)
@@ -88,16 +90,17 @@ def answer_images(
         return errors
     records = [ImageRecord(path=p.resolve(), label="", group=p.stem) for p in paths]
     embeddings = ws.embed(records, desc="queries", progress=len(paths) > 16)
-    hits = ws.gallery.search(embeddings, max(top_k, VOTE_TOP_N))
+    hits = ws.gallery.search(embeddings, max(top_k, VOTE_TOP_N), expand=expand)
     names = ws.gallery.class_names
     decisions = vote_batch(
         hits.labels,
         hits.result.distances,
         top_n=VOTE_TOP_N,
-        thresholds=ws.gallery.thresholds,
+        thresholds=ws.gallery.vote_thresholds(expand=expand),
         class_names=names,
     )
-    decisions, p_same = _open_set_check(ws, hits.result.scores[:, 0], decisions)
+    plain = ws.gallery.search(embeddings, 1) if expand else hits
+    decisions, p_same = _open_set_check(ws, plain.result.scores[:, 0], decisions)
     answers = []
     for row, (path, decision) in enumerate(zip(paths, decisions, strict=True)):
         matches = tuple(

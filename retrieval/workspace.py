@@ -16,13 +16,11 @@ from retrieval.config import RunConfig
 from retrieval.data.prepare import PreparedData, prepare_data
 from retrieval.data.records import labels_of
 from retrieval.data.transforms import build_eval_transform
-from retrieval.decision import VOTE_TOP_N, Thresholds, calibrate_thresholds
+from retrieval.decision import TARGET_ACCURACY, VOTE_TOP_N, Thresholds, calibrate_thresholds
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
 from retrieval.embed import extract_embeddings
 from retrieval.gallery import GALLERY_FOLDER, Gallery, gallery_exists
 from retrieval.inference import LoadedModel, load_inference_model
-
-TARGET_ACCURACY = 0.95  # accuracy kept on accepted validation queries when calibrating
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ def test_val_split_reads_gallery_photos_back_instead_of_embedding_them(trained, 
     assert [r.path for r in embedded] == [r.path for r in val]
 
 
-@pytest.mark.parametrize("flag", [["--closed_set"], ["--rerank", "qe"]])
+@pytest.mark.parametrize("flag", [["--closed_set"], ["--rerank", "kr"]])
 def test_pairs_options_without_pairs_are_one_clean_line(tmp_path, capsys, flag):
     image = tmp_path / "photo.jpg"
     assert search.main([str(image), "--workdir", str(tmp_path), *flag]) == 2
