@@ -51,7 +51,8 @@ class Gallery:
     history: list[dict] = field(default_factory=list)  # what built or changed the gallery
     open_set: dict | None = None  # new-individual calibration (evaluate.py --open_set)
     expansion: GalleryExpansion | None = None  # --rerank qe, chosen on val
-    _augmented: FlatIndex | None = field(default=None, init=False, repr=False)  # DBA'd index
+    # the DBA'd vectors under the same IDs, built on first use and dropped on every change
+    _augmented: FlatIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def build(
