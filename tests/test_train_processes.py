@@ -33,6 +33,12 @@ def _log_epochs(workdir: Path) -> list[str]:
         return [row["epoch"] for row in csv.DictReader(handle)]
 
 
+def _default_sigint() -> None:
+    """A shell that starts a job in the background (``cmd &``) makes it ignore SIGINT, and
+    Python then never installs its KeyboardInterrupt handler: give the child a real Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_saves_latest_and_the_next_run_resumes(tiny_data, tmp_path):
     workdir = tmp_path / "work"
     argv = [sys.executable, str(REPO / "train.py"), "--data", str(tiny_data)]
@@ -41,6 +47,7 @@ def test_ctrl_c_saves_latest_and_the_next_run_resumes(tiny_data, tmp_path):
     proc = subprocess.Popen(
         [*argv, "--epochs", "200", "--fresh"],
         env=_env(),
+        preexec_fn=_default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
