@@ -114,11 +114,12 @@ def _expansion(ws, args: argparse.Namespace, workdir: Path):
     """The gallery's query expansion; chosen on the checkpoint's val split on first use."""
     from retrieval.expansion import ensure_expansion
 
-    if ws.gallery.expansion is not None or args.onnx:
-        return ensure_expansion(ws, None)
-    from retrieval.workspace import prepare_for
+    val = None  # stored already, or --onnx: no torch to read the split with
+    if ws.gallery.expansion is None and not args.onnx:
+        from retrieval.workspace import prepare_for
 
-    return ensure_expansion(ws, prepare_for(ws.loaded, workdir, data=None, image_root=None).val)
+        val = prepare_for(ws.loaded, workdir, data=None, image_root=None).val
+    return ensure_expansion(ws, val)
 
 
 def _change_gallery(ws, args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from retrieval.errors import InputError
 from retrieval.open_set import OpenSetCalibration
 
 if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
+    from retrieval.gallery import GalleryHits
     from retrieval.onnx_embed import OnnxWorkspace
     from retrieval.workspace import Workspace
 
@@ -99,8 +100,7 @@ def answer_images(
         thresholds=ws.gallery.vote_thresholds(expand=expand),
         class_names=names,
     )
-    plain = ws.gallery.search(embeddings, 1) if expand else hits
-    decisions, p_same = _open_set_check(ws, plain.result.scores[:, 0], decisions)
+    decisions, p_same = _open_set_check(ws, embeddings, hits, decisions, expand=expand)
     answers = []
     for row, (path, decision) in enumerate(zip(paths, decisions, strict=True)):
         matches = tuple(
@@ -119,12 +119,19 @@ def answer_images(
 
 
 def _open_set_check(
-    ws: Workspace | OnnxWorkspace, top1_scores: np.ndarray, decisions: list[Decision]
+    ws: Workspace | OnnxWorkspace,
+    embeddings: np.ndarray,
+    hits: GalleryHits,
+    decisions: list[Decision],
+    *,
+    expand: bool,
 ) -> tuple[list[Decision], list[float | None]]:
     """With an open-set calibration (evaluate.py --open_set), reject probable new individuals
-    and attach P(same individual); without one, decisions pass through unchanged."""
+    and attach P(same individual); without one, decisions pass through unchanged. The check
+    reads the plain top-1 cosine it was calibrated on: ``hits`` unless they were expanded."""
     if ws.gallery.open_set is None:
         return decisions, [None] * len(decisions)
+    top1_scores = (ws.gallery.search(embeddings, 1) if expand else hits).result.scores[:, 0]
     calibration = OpenSetCalibration.from_dict(ws.gallery.open_set)
     accepted = calibration.accepts(top1_scores)
     out = []
