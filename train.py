@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bool_flag(p, "compile", "torch.compile the training step")
     p.add_argument("--no_hflip", action="store_true", help="no horizontal flip augmentation")
+    p.add_argument(
+        "--random_erasing",
+        type=float,
+        help="probability of blanking one random rectangle of each training image (default 0)",
+    )
     add_bool_flag(p, "bn_train", "update backbone BatchNorm statistics (off: frozen)")
     p.add_argument("--pooling", choices=POOLINGS, help="global pooling (default avg)")
     p.add_argument("--subcenters", type=int, help="sub-center ArcFace centres per class (1)")

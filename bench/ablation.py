@@ -45,6 +45,8 @@ VARIANTS: dict[str, list[str]] = {
     "imprint_centred": ["--head_init", "imprint_centred"],  # the same, global mean removed
     "ema": ["--ema_decay", "EMA"],  # EMA, EPOCHS: replaced by --ema_decay, --epochs
     "no_hflip": ["--no_hflip"],
+    "erasing": ["--random_erasing", "0.5"],  # blank one random rectangle in half the images
+    "imprint_erasing": ["--head_init", "imprint", "--random_erasing", "0.5"],  # on imprint
     "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1
     "head_lr": ["--head_lr_mult", "10"],  # neck and ArcFace head at 10x the backbone's lr
     "head_lr3": ["--head_lr_mult", "3"],  # a milder multiplier

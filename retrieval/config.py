@@ -38,9 +38,14 @@ class DataConfig:
     image_size: int = 480
     min_size: int = 224  # a group with any image smaller than this is dropped whole
     hflip: bool = True  # left/right flanks of a spotted animal differ: --no_hflip turns flips off
+    random_erasing: float = 0.0  # probability of blanking one random rectangle (off)
     seed: int = 42
 
     def __post_init__(self) -> None:
+        _require(
+            0.0 <= self.random_erasing <= 1.0,
+            f"--random_erasing is a probability in 0..1, got {self.random_erasing}",
+        )
         _require(self.image_size >= 32, f"--image_size must be >= 32, got {self.image_size}")
         _require(self.min_size >= 1, f"--min_size must be >= 1, got {self.min_size}")
 

@@ -156,7 +156,7 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
         "backbone": ws.loaded.backbone,
         "loss": f"arcface(s={loss['scale']},m={loss['margin_rad']}rad)",
         "embedding_dim": cfg["model"]["embedding_dim"],
-        "augmentation": f"rrc+rot15+jitter{'+hflip' if data['hflip'] else ''}@{data['image_size']}",
+        "augmentation": _augmentation_note(data),
         "cv_map": f"{m.map:.4f}",
         "identity_balanced_map": f"{m.identity_balanced_map:.4f}",
         "recall_at_1": f"{m.recall_at_1:.4f}",
@@ -170,6 +170,15 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
         "notes": f"tta={ws.tta}; rerank={_rerank_note(report)}; "
         f"checkpoint={ws.loaded.checkpoint.name}",
     }
+
+
+def _augmentation_note(data: dict) -> str:
+    """The training augmentation in one token; checkpoints from before --random_erasing have
+    no such key."""
+    extra = "+hflip" if data["hflip"] else ""
+    if data.get("random_erasing"):
+        extra += f"+erase{data['random_erasing']:g}"
+    return f"rrc+rot15+jitter{extra}@{data['image_size']}"
 
 
 def _rerank_note(report: EvaluationReport) -> str:

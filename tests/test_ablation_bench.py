@@ -62,7 +62,8 @@ def test_every_variant_is_valid_train_py_flags_on_top_of_the_protocol(variant, t
         assert (args.lr, args.head_lr_mult) == (1e-4, 3.0)
     # The product defaults to --head_init auto; the bench pins random so that "plain" stays
     # the recipe every earlier cell was paired with, and only the imprint variants imprint.
-    assert args.head_init == (variant if variant.startswith("imprint") else "random")
+    assert args.head_init == (variant.split("_erasing")[0] if "imprint" in variant else "random")
+    assert args.random_erasing == (0.5 if "erasing" in variant else None)
 
 
 def test_missing_data_set_names_the_flag(tmp_path):

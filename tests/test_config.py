@@ -53,6 +53,14 @@ def test_no_hflip_turns_flips_off():
     assert resolved(["--no_hflip"]).data.hflip is False
 
 
+def test_random_erasing_is_off_unless_asked_and_old_configs_still_load():
+    assert resolved([]).data.random_erasing == 0.0
+    assert resolved(["--random_erasing", "0.5"]).data.random_erasing == 0.5
+    old = resolved([]).to_dict()
+    del old["data"]["random_erasing"]  # a checkpoint written before the flag existed
+    assert RunConfig.from_dict(old).data.random_erasing == 0.0
+
+
 def test_round_trip_through_dict():
     cfg = resolved(["--preset", "demo", "--workdir", "somewhere"])
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -71,6 +79,7 @@ def test_nested_config_file_is_accepted(tmp_path):
         ({"batch_p": 1}, "--batch_p"),
         ({"optimizer": "adam"}, "--optimizer"),
         ({"cosine_t0": 0}, "--cosine_t0"),
+        ({"random_erasing": 1.5}, "--random_erasing"),
         ({"unknown_key": 1}, "unknown config keys"),
     ],
 )

@@ -82,6 +82,7 @@ def test_evaluate_writes_metrics_tables_and_figures(trained, capsys):
     with (workdir / "results" / "benchmarks.csv").open() as handle:
         row = next(csv.DictReader(handle))
     assert row["backbone"] == "test_efficientnet" and row["embedding_dim"] == "512"
+    assert row["augmentation"].startswith("rrc+rot15+jitter") and "erase" not in row["augmentation"]
     assert (workdir / "results" / "figures" / "test_retrieval_grid.png").is_file()
 
 

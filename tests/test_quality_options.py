@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import TINY_TRAIN_ARGS, train_tiny
 
+import evaluate
 import search
 import train
 from retrieval import checkpoint as ckpt
@@ -57,6 +58,22 @@ def test_warmup_lr_mult_runs_the_frozen_warmup_at_its_own_rate(tmp_path):
     assert float(rows[1]["lr"]) <= 1e-3  # phase 2: the cosine schedule from the base lr
     state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
     assert state["config"]["train"]["warmup_lr_mult"] == 10
+
+
+def test_random_erasing_changes_the_training_batches_and_is_stored(tmp_path):
+    def first_loss(workdir):
+        with (workdir / "checkpoints" / "train_log.csv").open() as handle:
+            return float(next(csv.DictReader(handle))["loss"])
+
+    _, plain = train_tiny(tmp_path / "plain", epochs=1)
+    _, erased = train_tiny(tmp_path / "erased", epochs=1, extra=("--random_erasing", "1.0"))
+    state = ckpt.load_checkpoint(erased / "checkpoints" / "latest_model.pt")
+    assert state["config"]["data"]["random_erasing"] == 1.0
+    # runs are repeatable under one seed (test_seeding.py), so only the erased pixels differ
+    assert first_loss(plain) != first_loss(erased)
+    assert evaluate.main(["--split", "val", "--workdir", str(erased)]) == 0
+    with (erased / "results" / "benchmarks.csv").open() as handle:
+        assert "+erase1@" in next(csv.DictReader(handle))["augmentation"]
 
 
 @pytest.mark.parametrize("head_init", ["imprint", "imprint_centred"])

@@ -58,6 +58,28 @@ def test_no_flip_when_hflip_is_off():
     assert len(t.transforms) == len(build_train_transform(64).transforms) - 1
 
 
+def test_random_erasing_blanks_one_rectangle_with_the_neutral_colour():
+    t = build_train_transform(64, random_erasing=1.0)
+    assert _types(t)[-1] is T.RandomErasing and len(t.transforms) == 6
+    torch.manual_seed(0)
+    assert t(Image.new("RGB", (90, 70))).shape == (3, 64, 64)
+    x = t.transforms[-1](torch.zeros(3, 64, 64, dtype=torch.uint8))  # rotation fills corners too
+    assert x.dtype == torch.uint8
+    erased = (x == torch.tensor(NEUTRAL_BACKGROUND, dtype=torch.uint8)[:, None, None]).all(0)
+    rows, cols = torch.nonzero(erased, as_tuple=True)
+    area = erased.sum().item()
+    # one axis-aligned rectangle, filled whole, of 2-33% of the image
+    assert 0.02 * 64 * 64 <= area <= 0.34 * 64 * 64
+    assert area == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert T.RandomErasing not in _types(build_train_transform(64))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_random_erasing_must_be_a_probability(bad):
+    with pytest.raises(InputError, match="--random_erasing"):
+        build_train_transform(32, random_erasing=bad)
+
+
 def test_eval_transform_is_deterministic_and_keeps_aspect():
     t = build_eval_transform(32)
     assert _types(t) == [T.Resize, T.CenterCrop, T.PILToTensor]

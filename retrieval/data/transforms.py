@@ -28,13 +28,20 @@ def _check_size(image_size: int) -> int:
     return image_size
 
 
-def build_train_transform(image_size: int = 480, *, hflip: bool = True) -> T.Compose:
+def build_train_transform(
+    image_size: int = 480, *, hflip: bool = True, random_erasing: float = 0.0
+) -> T.Compose:
     """PIL RGB image -> (3, image_size, image_size) uint8 tensor, randomly augmented.
 
     No vertical flip; ``hflip=False`` for animals whose left and right flanks differ. Rotation
     corners are filled with ``NEUTRAL_BACKGROUND``, which normalises to about zero.
+    ``random_erasing``: the probability of blanking one random rectangle (2-33% of the image)
+    with the same colour, so that no single patch can carry an identity (person re-ID's
+    random erasing, Zhong et al. 2020); 0 (the default) leaves it out.
     """
     size = _check_size(image_size)
+    if not 0.0 <= random_erasing <= 1.0:
+        raise InputError(f"--random_erasing is a probability in 0..1, got {random_erasing!r}")
     steps = [T.RandomResizedCrop(size, scale=(0.8, 1.0), interpolation=InterpolationMode.BICUBIC)]
     if hflip:
         steps.append(T.RandomHorizontalFlip(0.5))
@@ -43,6 +50,8 @@ def build_train_transform(image_size: int = 480, *, hflip: bool = True) -> T.Com
         T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.05),
         T.PILToTensor(),
     ]
+    if random_erasing:
+        steps.append(T.RandomErasing(random_erasing, value=NEUTRAL_BACKGROUND))
     return T.Compose(steps)
 
 

@@ -125,7 +125,7 @@ class TrainingSession:
         train_set = ImageDataset(
             self.prepared.train,
             self.prepared.class_to_idx,
-            build_train_transform(d.image_size, hflip=d.hflip),
+            build_train_transform(d.image_size, hflip=d.hflip, random_erasing=d.random_erasing),
         )
         self.sampler = PKSampler(
             train_set.labels,
