@@ -18,6 +18,7 @@ from retrieval.expansion import GalleryExpansion, choose_expansion
 from retrieval.gallery import Gallery
 from retrieval.metrics import evaluate_retrieval
 from retrieval.neighbours import alpha_query_expansion, database_augmentation, top_k_cosine
+from retrieval.open_set import OpenSetCalibration
 
 
 def _split(seed: int, n_ids: int = 10, per_id: int = 4, dim: int = 16):
@@ -149,3 +150,32 @@ def test_k_reciprocal_is_refused_for_photo_searches(trained, capsys):
     query = next((data / "red").glob("*.jpg"))
     assert search.main([str(query), "--rerank", "kr", "--workdir", str(workdir)]) == 2
     assert "photo searches take --rerank qe" in capsys.readouterr().err
+
+
+def test_open_set_check_reads_the_plain_cosine_under_expansion(trained, capsys):
+    data, workdir = trained
+    wd = ["--workdir", str(workdir)]
+    argv = ["--split", "test", "--open_set", "--open_set_fraction", "0.4", "--figures=false"]
+    assert evaluate.main([*argv, *wd]) == 0
+    gallery = Gallery.load(workdir / "gallery")
+    # val picks no expansion on the tiny colours (mAP 1 either way): force one that moves scores
+    gallery.set_expansion(GalleryExpansion(k=2, alpha=1.0, thresholds=gallery.thresholds))
+    gallery.save(workdir / "gallery")
+    queries = [str(p) for p in sorted(data.glob("*/*.jpg"))[:6]]
+    capsys.readouterr()
+    answers = {}
+    for rerank in ("none", "qe"):
+        assert search.main([*queries, "--rerank", rerank, "--format", "json", *wd]) == 0
+        answers[rerank] = json.loads(capsys.readouterr().out)
+    calibration = OpenSetCalibration.from_dict(gallery.open_set)
+    distances = {
+        rerank: np.array([a["matches"][0]["distance"] for a in found])
+        for rerank, found in answers.items()
+    }
+    assert not np.allclose(distances["none"], distances["qe"])  # the expansion is live
+    for plain, expanded in zip(answers["none"], answers["qe"], strict=True):
+        # P(same individual) is calibrated on the plain top-1 cosine: expansion leaves it be
+        assert expanded["p_same_individual"] == pytest.approx(plain["p_same_individual"], rel=1e-7)
+        top1 = 1.0 - plain["matches"][0]["distance"] ** 2 / 2
+        if not calibration.accepts(np.array([top1]))[0]:
+            assert expanded["status"] == "unclassifiable"
