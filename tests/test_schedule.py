@@ -58,6 +58,20 @@ def test_cosine_t0_sets_the_first_cycle():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5, abs=1e-6)
 
 
+def test_a_resumed_cosine_schedule_follows_a_new_cosine_t0():
+    first = LRSchedule(_optimizer(), name="cosine", warmup_epochs=1, t0=10)
+    first.step_batch(1 + 9, 0.5)
+    opt = _optimizer()
+    resumed = LRSchedule(opt, name="cosine", warmup_epochs=1, t0=20)
+    resumed.load_state_dict(first.state_dict())
+    resumed.step_batch(1 + 10, 0.0)  # half of the new 20-epoch cycle, not a restart at 10
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5, abs=1e-6)
+    same = LRSchedule(opt, name="cosine", warmup_epochs=1, t0=10)
+    same.load_state_dict(first.state_dict())
+    same.step_batch(1 + 10, 0.0)  # unchanged t0: the saved schedule restarts as before
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize(
     ("phase2", "t0"), [(10, 10), (30, 10), (70, 10), (9, 10), (14, 14), (3, 1), (1, 1)]
 )

@@ -121,6 +121,7 @@ class LRSchedule:
         t0: int = 10,
     ):
         self.name = name
+        self.t0 = t0
         self.warmup_epochs = warmup_epochs
         self.warmup_lr_mult = warmup_lr_mult
         self.optimizer = optimizer
@@ -161,4 +162,9 @@ class LRSchedule:
         return self.scheduler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """The saved state, except that the first cycle keeps this run's ``t0``: a resumed run
+        given a new ``--cosine_t0`` (as the end-of-cycle note advises) must follow it, and
+        every step passes its epoch, from which torch derives the rest of the cycle."""
         self.scheduler.load_state_dict(state)
+        if self.name == "cosine":
+            self.scheduler.T_0 = self.t0
