@@ -14,6 +14,7 @@ from typing import Any
 from retrieval.cli import add_bool_flag, add_workdir_args, cli_main
 from retrieval.config import (
     HEAD_INITS,
+    INPUT_NORMS,
     OPTIMIZERS,
     POOLINGS,
     PRESETS,
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bool_flag(p, "bn_train", "update backbone BatchNorm statistics (off: frozen)")
     p.add_argument("--pooling", choices=POOLINGS, help="global pooling (default avg)")
+    p.add_argument(
+        "--input_norm",
+        choices=INPUT_NORMS,
+        help="pixel mean/std: the backbone's own, as its weights were trained (default), or "
+        "ImageNet's (what checkpoints before this flag used)",
+    )
     p.add_argument("--subcenters", type=int, help="sub-center ArcFace centres per class (1)")
     add_bool_flag(p, "dynamic_margins", "per-class margins from class frequency (off)")
     p.add_argument(

@@ -23,6 +23,7 @@ from retrieval.class_prior import TOP_K, agreement_matrix, blend, class_posterio
 from retrieval.data.records import ImageRecord
 from retrieval.flips import choose_flip_policy, embed_with_mirrors, mirror_report
 from retrieval.inference import load_inference_model
+from retrieval.input_norm import InputNorm, resolve_input_norm
 from retrieval.metrics import evaluate_retrieval
 from retrieval.model.pretrained import create_backbone
 from retrieval.neighbours import expand_against_gallery, top_k_cosine
@@ -37,15 +38,19 @@ from retrieval.workspace import inference_plan
 
 RERANKS = ("none", "qe", "kr")
 VIEWS = ("plain", "tta")
-KINDS = ("trained", "floor", "peer")  # our train.py model, the frozen backbone, bench/peer.py
+# The frozen backbone under each input normalisation (retrieval.input_norm): the floor proper
+# takes the backbone's own, as the product does; "floor_imagenet" the statistics used before.
+FLOOR_NORMS = {"floor": "backbone", "floor_imagenet": "imagenet"}
+KINDS = ("trained", *FLOOR_NORMS, "peer")  # our train.py model, the frozen backbone, the peer
 
 
 class CosineBackbone(torch.nn.Module):
     """Backbone features, L2-normalised, no neck: the frozen floor and the trained peer."""
 
-    def __init__(self, backbone: torch.nn.Module) -> None:
+    def __init__(self, backbone: torch.nn.Module, input_norm: InputNorm) -> None:
         super().__init__()
         self.backbone = backbone
+        self.input_norm = input_norm  # read by retrieval.embed
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone(images).float(), dim=1)
@@ -55,12 +60,13 @@ def _model(kind: str, model_file: Path | None, plan, image_size: int):
     """(model, image size, training seconds); ``kind``: one of ``KINDS`` (the floor has no file)."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
-    if kind == "floor":
+    if kind in FLOOR_NORMS:
         backbone, _ = create_backbone(PEER_BACKBONE, "pypi")
-        return CosineBackbone(backbone).to(plan.device).eval(), image_size, 0.0
+        norm = resolve_input_norm(FLOOR_NORMS[kind], PEER_BACKBONE)
+        return CosineBackbone(backbone, norm).to(plan.device).eval(), image_size, 0.0
     if kind == "peer":
-        backbone, seconds = load_peer(model_file)
-        return CosineBackbone(backbone).to(plan.device).eval(), image_size, seconds
+        backbone, norm, seconds = load_peer(model_file)
+        return CosineBackbone(backbone, norm).to(plan.device).eval(), image_size, seconds
     loaded = load_inference_model(model_file, plan)
     return loaded.model, loaded.image_size, loaded.train_seconds
 

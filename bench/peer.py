@@ -24,10 +24,12 @@ from torch import nn
 from tqdm import tqdm
 
 from retrieval.checkpoint import fp32_state_dict, save_atomic
+from retrieval.config import LEGACY_INPUT_NORM
 from retrieval.data.dataset import ImageDataset
 from retrieval.data.prepare import PreparedData
 from retrieval.data.transforms import build_train_transform, to_model_input
 from retrieval.device import autocast, make_grad_scaler
+from retrieval.input_norm import InputNorm, resolve_input_norm
 from retrieval.model.embedder import freeze_batchnorm
 from retrieval.model.pretrained import create_backbone
 from retrieval.workspace import inference_plan
@@ -48,6 +50,7 @@ class PeerConfig:
     seed: int = 1
     device: str = "auto"
     pretrained: str = "pypi"
+    input_norm: str = "backbone"  # retrieval.input_norm; peer files from before it: imagenet
 
 
 def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Path:
@@ -60,6 +63,7 @@ def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Pat
     device = torch.device(plan.device)
     model, _ = create_backbone(PEER_BACKBONE, config.pretrained)
     model.to(device)
+    norm = resolve_input_norm(config.input_norm, PEER_BACKBONE)
     data = ImageDataset(
         prepared.train, prepared.class_to_idx, build_train_transform(config.image_size)
     )
@@ -90,7 +94,9 @@ def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Pat
         freeze_batchnorm(model)  # the peer's one line that matters: BN statistics as pretrained
         bar = tqdm(loader, desc=f"peer epoch {epoch + 1}/{config.epochs}", leave=False)
         for images, labels in bar:
-            images = to_model_input(images, device=device, channels_last=plan.channels_last)
+            images = to_model_input(
+                images, device=device, channels_last=plan.channels_last, norm=norm
+            )
             with autocast(plan):
                 features = model(images)
             loss = loss_fn(features.float(), labels.to(device))
@@ -101,14 +107,19 @@ def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Pat
             bar.set_postfix(loss=f"{loss.item():.3f}")
     out = Path(workdir) / PEER_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = {"backbone": fp32_state_dict(model), "train_seconds": time.perf_counter() - started}
+    state = {
+        "backbone": fp32_state_dict(model),
+        "input_norm": config.input_norm,
+        "train_seconds": time.perf_counter() - started,
+    }
     save_atomic(state, out)
     return out
 
 
-def load_peer(path: Path) -> tuple[nn.Module, float]:
-    """(the trained peer backbone on CPU, its training seconds) from a ``PEER_FILE``."""
+def load_peer(path: Path) -> tuple[nn.Module, InputNorm, float]:
+    """(the trained peer backbone on CPU, its input normalisation, its training seconds)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model, _ = create_backbone(PEER_BACKBONE, "none")
     model.load_state_dict(state["backbone"])
-    return model, float(state["train_seconds"])
+    norm = resolve_input_norm(state.get("input_norm", LEGACY_INPUT_NORM), PEER_BACKBONE)
+    return model, norm, float(state["train_seconds"])

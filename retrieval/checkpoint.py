@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from retrieval.config import LEGACY_INPUT_NORM
 from retrieval.errors import InputError
 from retrieval.io import atomic_path
 
@@ -121,12 +122,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def check_resumable(state: dict[str, Any], *, backbone: str, fingerprint: str, path: Path) -> None:
-    """Refuse to resume a run on another backbone or other data (issue 3 item 7)."""
+def check_resumable(
+    state: dict[str, Any], *, backbone: str, input_norm: str, fingerprint: str, path: Path
+) -> None:
+    """Refuse to resume a run on another backbone, input normalisation or data (issue 3 item 7)."""
     if state["backbone"] != backbone:
         raise InputError(
             f"{path} was trained with backbone {state['backbone']!r}, not {backbone!r}; "
             "use --fresh to start over or another --workdir for a separate run"
+        )
+    stored_norm = state.get("input_norm", LEGACY_INPUT_NORM)
+    if stored_norm != input_norm:
+        raise InputError(
+            f"{path} was trained with --input_norm {stored_norm}, not {input_norm}; resume with "
+            f"--input_norm {stored_norm}, or use --fresh to start over"
         )
     if state["data_fingerprint"] != fingerprint:
         raise InputError(

@@ -22,6 +22,8 @@ DEVICES = ("auto", "cpu", "cuda")
 SELECTION_METRICS = ("recall_at_1", "map")
 POOLINGS = ("avg", "gem")
 HEAD_INITS = ("random", "imprint", "imprint_centred", "auto")
+INPUT_NORMS = ("backbone", "imagenet")  # pixel statistics: the backbone's own, or ImageNet's
+LEGACY_INPUT_NORM = "imagenet"  # what a stored config without the key was trained with
 
 
 def _require(condition: bool, message: str) -> None:
@@ -59,10 +61,12 @@ class ModelConfig:
     embedding_dim: int = 512
     bn_train: bool = False  # update backbone BatchNorm statistics (hurts on small P x K batches)
     pooling: str = "avg"  # avg | gem (generalised mean, learnable p)
+    input_norm: str = "backbone"  # the pixel statistics its weights were trained with
 
     def __post_init__(self) -> None:
         _require(self.embedding_dim >= 2, f"embedding_dim must be >= 2, got {self.embedding_dim}")
         _require(self.pooling in POOLINGS, f"--pooling must be one of {POOLINGS}")
+        _require(self.input_norm in INPUT_NORMS, f"--input_norm must be one of {INPUT_NORMS}")
 
 
 @dataclass(frozen=True)
@@ -156,9 +160,12 @@ class RunConfig:
         kwargs: dict[str, Any] = {"workdir": raw.get("workdir", ".")}
         for name, section_cls in SECTIONS.items():
             assert name in sections
-            kwargs[name] = section_cls(**raw.get(name, {}))
+            kwargs[name] = section_cls(**{**LEGACY_DEFAULTS.get(name, {}), **raw.get(name, {})})
         return cls(**kwargs)
 
+
+# Keys whose default changed: a stored config without them was trained with these values.
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"model": {"input_norm": LEGACY_INPUT_NORM}}
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,

@@ -44,11 +44,15 @@ def embed_batch(
 ) -> torch.Tensor:
     """(B, 3, H, W) uint8 -> (B, D) float32 unit vectors on CPU.
 
+    ``model``: an ``EmbeddingModel``, or any module with the ``input_norm`` of its weights.
+
     Flip TTA averages the embeddings of the image and its mirror, then re-normalises; it is off
     by default because the left and right flanks of a spotted animal are different patterns.
     """
     device = next(model.parameters()).device
-    images = to_model_input(images, device=device, channels_last=plan.channels_last)
+    images = to_model_input(
+        images, device=device, channels_last=plan.channels_last, norm=model.input_norm
+    )
     with autocast(plan):
         out = model(images).float()
         if tta == "flip":

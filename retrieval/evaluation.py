@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.config import RunConfig
 from retrieval.data.records import ImageRecord, labels_of
 from retrieval.decision import accuracy_coverage, vote_batch
 from retrieval.embed import EmbedTimer
@@ -168,6 +169,7 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
         "train_time_min": f"{ws.loaded.train_seconds / 60:.2f}",
         "inference_images_per_s": f"{report.inference_images_per_s:.1f}",
         "notes": f"tta={ws.tta}; rerank={_rerank_note(report)}; "
+        f"input_norm={RunConfig.from_dict(cfg).model.input_norm}; "
         f"checkpoint={ws.loaded.checkpoint.name}",
     }
 

@@ -33,11 +33,11 @@ import torch
 from torch import nn
 
 from retrieval.cli import add_bool_flag, cli_main, default_checkpoint
-from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from retrieval.device import plan_runtime, probe_device
 from retrieval.errors import InputError
 from retrieval.inference import LoadedModel, load_inference_model
 from retrieval.io import atomic_path, write_json_atomic
+from retrieval.model.embedder import EmbeddingModel
 from retrieval.onnx_embed import (
     METADATA_KEYS,
     SIDECAR_FORMAT,
@@ -54,13 +54,14 @@ MIN_COSINE = 0.999  # an export whose ONNX output drifts further from PyTorch is
 
 
 class UInt8EmbeddingModel(nn.Module):
-    """The graph that is exported: uint8 pixels -> ImageNet normalisation -> embedding model."""
+    """The graph that is exported: uint8 pixels -> the model's normalisation -> the model."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: EmbeddingModel) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+        norm = model.input_norm
+        self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) uint8 RGB -> embeddings: (B, D) float32, L2-normalised."""
@@ -120,6 +121,7 @@ def _torch_export(module: nn.Module, example: torch.Tensor, path: Path, opset: i
 def _sidecar(loaded: LoadedModel, *, opset: int, class_names: bool) -> dict[str, Any]:
     size = loaded.image_size
     dim = int(loaded.model.embedding_dim)
+    norm = loaded.model.input_norm
     return {
         "format": SIDECAR_FORMAT,
         "kind": SIDECAR_KIND,
@@ -128,12 +130,13 @@ def _sidecar(loaded: LoadedModel, *, opset: int, class_names: bool) -> dict[str,
         "embedding_dim": dim,
         "pooling": getattr(loaded.model, "pooling", "avg"),
         "image_size": size,
+        "input_norm": {"mean": list(norm.mean), "std": list(norm.std)},
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", 3, size, size]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", dim]},
         "preprocessing": (
             f"RGB, EXIF upright, alpha composited on the ImageNet mean colour; shorter side to "
-            f"{size} (bicubic), centre crop {size}x{size}, uint8 CHW; ImageNet "
-            "normalisation is inside the model; outputs are L2-normalised"
+            f"{size} (bicubic), centre crop {size}x{size}, uint8 CHW; the normalisation "
+            "(input_norm, RGB in 0..1) is inside the model; outputs are L2-normalised"
         ),
         "class_names": loaded.class_names if class_names else None,
         "checkpoint": str(loaded.checkpoint),

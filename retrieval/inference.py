@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from retrieval import checkpoint as ckpt
+from retrieval.config import LEGACY_INPUT_NORM
 from retrieval.device import RuntimePlan
 from retrieval.model.embedder import EmbeddingModel, build_embedding_model
 
@@ -45,6 +46,7 @@ def load_inference_model(path: Path, plan: RuntimePlan) -> LoadedModel:
         embedding_dim=state["embedding_dim"],
         pretrained="none",
         pooling=state.get("pooling", "avg"),
+        input_norm=state.get("input_norm", LEGACY_INPUT_NORM),
     )
     model.load_state_dict(state["model"])
     model.eval().to(torch.device(plan.device))

@@ -73,10 +73,30 @@ def test_foreign_and_missing_files_are_clean_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("backbone", "fingerprint", "needle"),
-    [("resnet18", "abc", "backbone"), ("tf_efficientnet_lite0", "zzz", "other data")],
+    ("backbone", "norm", "fingerprint", "needle"),
+    [
+        ("resnet18", "backbone", "abc", "backbone"),
+        ("tf_efficientnet_lite0", "backbone", "zzz", "other data"),
+        ("tf_efficientnet_lite0", "imagenet", "abc", "resume with --input_norm backbone"),
+    ],
 )
-def test_resume_with_other_backbone_or_data_is_refused(tmp_path, backbone, fingerprint, needle):
-    state = {"backbone": "tf_efficientnet_lite0", "data_fingerprint": "abc"}
+def test_resume_with_other_backbone_normalisation_or_data_is_refused(
+    tmp_path, backbone, norm, fingerprint, needle
+):
+    state = {
+        "backbone": "tf_efficientnet_lite0",
+        "data_fingerprint": "abc",
+        "input_norm": "backbone",
+    }
     with pytest.raises(InputError, match=needle):
-        ckpt.check_resumable(state, backbone=backbone, fingerprint=fingerprint, path=tmp_path)
+        ckpt.check_resumable(
+            state, backbone=backbone, input_norm=norm, fingerprint=fingerprint, path=tmp_path
+        )
+
+
+def test_a_checkpoint_from_before_the_normalisation_choice_resumes_only_as_imagenet(tmp_path):
+    state = {"backbone": "tf_efficientnet_lite0", "data_fingerprint": "abc"}
+    kwargs = {"backbone": "tf_efficientnet_lite0", "fingerprint": "abc", "path": tmp_path}
+    ckpt.check_resumable(state, input_norm="imagenet", **kwargs)
+    with pytest.raises(InputError, match="--input_norm imagenet"):
+        ckpt.check_resumable(state, input_norm="backbone", **kwargs)

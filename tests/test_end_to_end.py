@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_TRAIN_ARGS, train_tiny
 
 import evaluate
@@ -67,6 +68,16 @@ def test_resume_with_another_backbone_is_refused(trained, capsys):
     assert train.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "backbone" in err[0] and "--fresh" in err[0]
+
+
+def test_resume_with_another_input_norm_is_refused(trained, capsys):
+    data, workdir = trained
+    stored = torch.load(workdir / "checkpoints" / "latest_model.pt", weights_only=False)
+    assert stored["input_norm"] == stored["config"]["model"]["input_norm"] == "backbone"
+    argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "5", *TINY]
+    assert train.main([*argv, "--input_norm", "imagenet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--input_norm backbone" in err[0] and "--fresh" in err[0]
 
 
 def test_evaluate_writes_metrics_tables_and_figures(trained, capsys):

@@ -31,6 +31,7 @@ from retrieval.expansion import GalleryExpansion
 from retrieval.export import export_onnx, main
 from retrieval.gallery import Gallery
 from retrieval.inference import load_inference_model
+from retrieval.input_norm import IMAGENET, resolve_input_norm
 from retrieval.model.embedder import build_embedding_model
 from retrieval.onnx_embed import (
     OnnxEmbedder,
@@ -53,9 +54,18 @@ NOISE_SIZES = [(64, 64), (97, 48), (48, 97), (120, 51), (51, 120), (30, 41), (48
 
 
 def write_checkpoint(
-    path: Path, backbone: str, *, image_size: int, seed: int, pooling: str = "avg"
+    path: Path,
+    backbone: str,
+    *,
+    image_size: int,
+    seed: int,
+    pooling: str = "avg",
+    input_norm: str | None = None,
 ) -> Path:
-    """A minimal checkpoint with the keys ``load_inference_model`` reads, as training writes it."""
+    """A minimal checkpoint with the keys ``load_inference_model`` reads, as training writes it.
+
+    ``input_norm=None``: no such key, as in checkpoints written before the choice existed.
+    """
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # random init, reproducible, without touching the global RNG
         model = build_embedding_model(
@@ -76,6 +86,8 @@ def write_checkpoint(
         "epoch": 0,
         "versions": ckpt.library_versions(),
     }
+    if input_norm is not None:
+        state["input_norm"] = input_norm
     ckpt.save_atomic(state, path)
     return path
 
@@ -128,22 +140,28 @@ def cpu_plan():
     return replace(plan_runtime(probe_device(device="cpu")), num_workers=0)  # no loader procs
 
 
-# tf_efficientnet_lite0: TF "same" padding; gem: GeM pooling (clamp, learnable power).
+# tf_efficientnet_lite0: TF "same" padding, and its own pixel statistics (mean and std 0.5);
+# gem: GeM pooling (clamp, learnable power). The others are checkpoints without input_norm.
 @pytest.fixture(
     scope="module",
     params=[
-        ("test_efficientnet", "avg"),
-        ("tf_efficientnet_lite0", "avg"),
-        ("test_efficientnet", "gem"),
+        ("test_efficientnet", "avg", None),
+        ("tf_efficientnet_lite0", "avg", "backbone"),
+        ("test_efficientnet", "gem", None),
     ],
-    ids=lambda p: "-".join(p),
+    ids=lambda p: "-".join(p[:2]),
 )
 def exported(request, tmp_path_factory) -> dict:
     """One checkpoint and its ONNX export per model, shared by the tests of this module."""
-    backbone, pooling = request.param
+    backbone, pooling, input_norm = request.param
     root = tmp_path_factory.mktemp(f"{backbone}-{pooling}")
     checkpoint = write_checkpoint(
-        root / "best_model.pt", backbone, image_size=IMAGE_SIZE, seed=1, pooling=pooling
+        root / "best_model.pt",
+        backbone,
+        image_size=IMAGE_SIZE,
+        seed=1,
+        pooling=pooling,
+        input_norm=input_norm,
     )
     result = export_onnx(checkpoint, root / "model.onnx", opset=17)
     images = noise_images(root / "img", 2)
@@ -153,6 +171,7 @@ def exported(request, tmp_path_factory) -> dict:
         "gallery_root": gallery_root,
         "checkpoint": checkpoint,
         "checkpoint_pooling": pooling,
+        "checkpoint_norm": input_norm,
         "result": result,
         "images": images,
     }
@@ -202,8 +221,25 @@ def test_sidecar_describes_the_model(exported):
     assert meta["backbone"] == load_inference_model(exported["checkpoint"], cpu_plan()).backbone
     assert meta["class_names"] == list(CLASSES)
     assert meta["pooling"] == exported["checkpoint_pooling"]
+    expected_norm = 0.5 if exported["checkpoint_norm"] == "backbone" else IMAGENET.mean[0]
+    assert meta["input_norm"]["mean"][0] == expected_norm
     assert meta["input"]["name"] == "images" and meta["input"]["dtype"] == "uint8"
     assert meta["output"]["name"] == "embeddings"
+
+
+def test_checkpoints_load_with_the_normalisation_they_were_trained_with(tmp_path):
+    paths = noise_images(tmp_path / "img", 4)
+    common = {"image_size": IMAGE_SIZE, "seed": 1}
+    old = write_checkpoint(tmp_path / "old.pt", "tf_efficientnet_lite0", **common)
+    new = write_checkpoint(
+        tmp_path / "new.pt", "tf_efficientnet_lite0", input_norm="backbone", **common
+    )
+    own = resolve_input_norm("backbone", "tf_efficientnet_lite0")
+    assert own != IMAGENET
+    assert load_inference_model(old, cpu_plan()).model.input_norm == IMAGENET
+    assert load_inference_model(new, cpu_plan()).model.input_norm == own
+    # Same weights, other pixels in: the embeddings must differ.
+    assert np.abs(torch_embed(old, paths) - torch_embed(new, paths)).max() > 1e-3
 
 
 def test_batch_size_does_not_change_embeddings(exported):

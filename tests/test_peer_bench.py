@@ -22,6 +22,7 @@ from ablation_score import score_cell
 from peer import PEER_BACKBONE, PEER_FILE, PeerConfig, load_peer, train_peer
 
 from retrieval.data.prepare import prepare_data
+from retrieval.input_norm import resolve_input_norm
 from retrieval.model.pretrained import create_backbone
 from retrieval.rerank_tune import GRIDS
 
@@ -40,7 +41,8 @@ def peer_cell(tiny_data, tmp_path):
 
 def test_peer_trains_its_weights_with_batchnorm_statistics_frozen(peer_cell):
     workdir, _ = peer_cell
-    trained, seconds = load_peer(workdir / PEER_FILE)
+    trained, norm, seconds = load_peer(workdir / PEER_FILE)
+    assert norm == resolve_input_norm("backbone", PEER_BACKBONE)
     torch.manual_seed(TINY.seed)  # train_peer seeds before creating the backbone
     initial, _ = create_backbone(PEER_BACKBONE, "none")
     before, after = initial.state_dict(), trained.state_dict()

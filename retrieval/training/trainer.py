@@ -85,6 +85,7 @@ class TrainingSession:
             pretrained=m.pretrained,
             bn_train=m.bn_train,
             pooling=m.pooling,
+            input_norm=m.input_norm,
         )
         self.head = ArcFaceHead(
             m.embedding_dim,
@@ -177,6 +178,7 @@ class TrainingSession:
             "backbone": self.cfg.model.backbone,
             "embedding_dim": self.cfg.model.embedding_dim,
             "pooling": self.cfg.model.pooling,
+            "input_norm": self.cfg.model.input_norm,
             "image_size": self.cfg.data.image_size,
             "data_fingerprint": self.fingerprint,
             "versions": ckpt.library_versions(),
@@ -185,8 +187,13 @@ class TrainingSession:
 
     def resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path)
+        m = self.cfg.model
         ckpt.check_resumable(
-            state, backbone=self.cfg.model.backbone, fingerprint=self.fingerprint, path=path
+            state,
+            backbone=m.backbone,
+            input_norm=m.input_norm,
+            fingerprint=self.fingerprint,
+            path=path,
         )
         try:
             self.model.load_state_dict(state.get("train_model", state["model"]))
@@ -249,6 +256,7 @@ class TrainingSession:
             plan=self.plan,
             accum_steps=self.accum_steps,
             device=self.device,
+            input_norm=self.model.input_norm,
             progress=self.ctx.is_main,
             max_batches=min(per_epoch, max_batches or per_epoch),
             after_step=None if self.ema is None else lambda: self.ema.update_parameters(self.model),
