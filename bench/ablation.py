@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablation_data import DATASETS, Dataset, dataset_records
-from ablation_score import score_cell, write_table
+from ablation_score import FLOOR_NORMS, score_cell, write_table
 from peer import PEER_FILE, PeerConfig, train_peer
 
 from retrieval.device import prepare_environment
@@ -47,6 +47,7 @@ VARIANTS: dict[str, list[str]] = {
     "no_hflip": ["--no_hflip"],
     "erasing": ["--random_erasing", "0.5"],  # blank one random rectangle in half the images
     "imprint_erasing": ["--head_init", "imprint", "--random_erasing", "0.5"],  # on imprint
+    "imprint_imagenet": ["--head_init", "imprint", "--input_norm", "imagenet"],  # the old input
     "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1
     "head_lr": ["--head_lr_mult", "10"],  # neck and ArcFace head at 10x the backbone's lr
     "head_lr3": ["--head_lr_mult", "3"],  # a milder multiplier
@@ -55,15 +56,16 @@ VARIANTS: dict[str, list[str]] = {
     "slow_backbone": ["--lr", "1e-4", "--head_lr_mult", "3"],  # head as plain, backbone at 1/3
     "probe": ["--warmup_epochs", "EPOCHS"],  # backbone frozen throughout: neck and head train
 }
-FLOOR = "floor"  # the frozen ImageNet backbone, cosine similarity, no training
 PEER = "peer"  # issue 5's off-the-shelf pytorch-metric-learning fine-tune (bench/peer.py)
+UNTRAINED = tuple(FLOOR_NORMS)  # the frozen backbone, cosine similarity, no training
+ALL_VARIANTS = [*UNTRAINED, PEER, *VARIANTS]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=sorted(DATASETS), default="dogs_kaggle")
     p.add_argument("--data_root", default="../shared/data", help="folder holding the data sets")
-    p.add_argument("--variants", nargs="+", default=[FLOOR, PEER, *VARIANTS])
+    p.add_argument("--variants", nargs="+", default=ALL_VARIANTS)
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--out", default="runs/ablation", help="one workdir per (variant, seed)")
     p.add_argument("--table", help="also write the markdown table here")
@@ -75,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema_decay", type=float, default=0.9, help="per optimiser step")
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--device", default="auto")
-    p.add_argument("--classes", type=int, default=60, help="dogfacenet: dogs trained on")
+    p.add_argument(
+        "--classes",
+        type=int,
+        default=60,
+        help="dogfacenet: dogs trained on (0: every dog not held out, also those with 2-4 photos)",
+    )
     p.add_argument("--open_classes", type=int, default=60, help="dogfacenet: dogs held out")
     p.add_argument("--score_only", action="store_true", help="train nothing; score what exists")
     p.add_argument(
@@ -108,7 +115,7 @@ def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int)
 
 def _model_file(workdir: Path, variant: str, checkpoint: str) -> Path | None:
     """The file a cell's model is loaded from (None for the untrained floor)."""
-    if variant == FLOOR:
+    if variant in UNTRAINED:
         return None
     if variant == PEER:
         return workdir / PEER_FILE  # the peer has no model selection: always its last epoch
@@ -142,7 +149,7 @@ def _train(args: argparse.Namespace, data: Dataset, variant: str, seed: int, wor
 
 def _finished(workdir: Path, variant: str) -> bool:
     """A train.py cell is finished once its gallery is built; the peer once its file is."""
-    if variant == FLOOR:
+    if variant in UNTRAINED:
         return True
     if variant == PEER:
         return (workdir / PEER_FILE).exists()
@@ -162,7 +169,7 @@ def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -
     if scored.exists() and fresh and not args.rescore:  # a resumed run may replace the model
         return json.loads(scored.read_text())
     records = dataset_records(data, workdir, seed=seed)
-    kind = variant if variant in (FLOOR, PEER) else "trained"
+    kind = variant if variant in (*UNTRAINED, PEER) else "trained"
     result = score_cell(
         model,
         records,
@@ -180,9 +187,9 @@ def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -
 def main(argv: list[str] | None = None) -> int:
     prepare_environment()
     args = build_parser().parse_args(argv)
-    unknown = sorted(set(args.variants) - {FLOOR, PEER, *VARIANTS})
+    unknown = sorted(set(args.variants) - set(ALL_VARIANTS))
     if unknown:
-        raise SystemExit(f"unknown variants {unknown}; choose from {[FLOOR, PEER, *VARIANTS]}")
+        raise SystemExit(f"unknown variants {unknown}; choose from {ALL_VARIANTS}")
     data = DATASETS[args.dataset](
         Path(args.data_root), Path(args.out), classes=args.classes, open_classes=args.open_classes
     )

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from ablation import VARIANTS, build_parser, train_argv
-from ablation_data import DOGFACENET_CLASSES, OPEN_SET_CLASSES, Dataset, dogfacenet
+from ablation_data import ALL_CLASSES, DOGFACENET_CLASSES, OPEN_SET_CLASSES, Dataset, dogfacenet
 from ablation_score import write_table
 
 import train
@@ -62,8 +62,21 @@ def test_every_variant_is_valid_train_py_flags_on_top_of_the_protocol(variant, t
         assert (args.lr, args.head_lr_mult) == (1e-4, 3.0)
     # The product defaults to --head_init auto; the bench pins random so that "plain" stays
     # the recipe every earlier cell was paired with, and only the imprint variants imprint.
-    assert args.head_init == (variant.split("_erasing")[0] if "imprint" in variant else "random")
+    imprint = "imprint_centred" if "centred" in variant else "imprint"
+    assert args.head_init == (imprint if "imprint" in variant else "random")
     assert args.random_erasing == (0.5 if "erasing" in variant else None)
+    assert args.input_norm == ("imagenet" if variant.endswith("_imagenet") else None)
+
+
+def test_dogfacenet_as_a_whole_trains_on_every_dog_but_the_held_out_ones(shared_data, tmp_path):
+    data = dogfacenet(shared_data, tmp_path, classes=ALL_CLASSES, open_classes=5)
+    with data.manifest.open() as handle:
+        trained = {r["label"] for r in csv.DictReader(handle)}
+    held_out = {r.label for r in data.held_out}
+    every_dog = {d.name for d in (shared_data / "dogfacenet").iterdir() if d.is_dir()}
+    assert len(held_out) == 5 and not trained & held_out
+    assert trained | held_out == every_dog  # dogs with 2-4 photos train too
+    assert data.name == "dogfacenet-all-5"
 
 
 def test_missing_data_set_names_the_flag(tmp_path):
