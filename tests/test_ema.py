@@ -7,7 +7,7 @@ from conftest import TINY_TRAIN_ARGS, train_tiny
 
 import train
 from retrieval import checkpoint as ckpt
-from retrieval.training.trainer import build_ema
+from retrieval.training.ema import build_ema
 
 
 def test_ema_follows_the_update_rule():

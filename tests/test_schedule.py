@@ -160,7 +160,7 @@ def test_epoch_log_appends_with_one_header(tmp_path):
 )
 def test_model_selection_metric_and_its_tie_break(select_on, recall, mean_ap, better):
     from retrieval.metrics import RetrievalMetrics
-    from retrieval.training.trainer import Progress, is_better
+    from retrieval.training.selection import Progress, is_better
 
     best = Progress(best_recall_at_1=0.92, best_map=0.80)
     metrics = RetrievalMetrics(recall, 1.0, mean_ap, mean_ap, {}, 10)

@@ -28,6 +28,7 @@ from retrieval.metrics import RetrievalMetrics
 from retrieval.model.arcface import ArcFaceHead, dynamic_margins
 from retrieval.model.embedder import build_embedding_model
 from retrieval.training.distributed import DistContext, barrier, broadcast_object, device_for
+from retrieval.training.ema import build_ema
 from retrieval.training.epoch_log import append_epoch_row, epoch_line
 from retrieval.training.loop import EpochStats, StepSettings, TrainModule, train_one_epoch
 from retrieval.training.schedule import (
@@ -36,19 +37,8 @@ from retrieval.training.schedule import (
     param_groups,
     phase_for_epoch,
 )
+from retrieval.training.selection import Progress, is_better
 from retrieval.training.validate import validate
-
-
-@dataclass
-class Progress:
-    """Counters that a resume must restore exactly."""
-
-    next_epoch: int = 0
-    best_recall_at_1: float = -1.0
-    best_map: float = -1.0  # breaks Recall@1 ties (small val sets saturate Recall@1 early)
-    best_epoch: int = -1
-    bad_epochs: int = 0  # phase-2 epochs since the last improvement
-    train_seconds: float = 0.0  # wall time of finished epochs, validation included
 
 
 @dataclass(frozen=True)
@@ -366,33 +356,6 @@ class TrainingSession:
             interrupted=interrupted,
             checkpoint_dir=self.dir,
         )
-
-
-def is_better(
-    metrics: RetrievalMetrics, progress: Progress, *, select_on: str = "recall_at_1"
-) -> bool:
-    """Higher val Recall@1 wins, ties broken by mAP; ``select_on="map"``: the other way round.
-
-    mAP scores the whole ranking, so it still separates checkpoints on a val split of a few
-    dozen photos where Recall@1 moves in steps of one query (1/55 on dogs_kaggle).
-    """
-    now, best = (metrics.recall_at_1, metrics.map), (progress.best_recall_at_1, progress.best_map)
-    if select_on == "map":
-        now, best = now[::-1], best[::-1]
-    return now > best
-
-
-def build_ema(model: torch.nn.Module, decay: float):
-    """An exponential moving average of ``model``'s weights (None when ``decay`` is 0).
-
-    Validation and the saved best model use the average: it smooths the noise of small P x K
-    batches. Buffers are averaged too (frozen BatchNorm statistics stay as they are).
-    """
-    if decay <= 0:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _metrics_dict(metrics: RetrievalMetrics | None) -> dict[str, float] | None:
