@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cosine_t0", type=int, help="phase-2 epochs of the first cosine cycle (default 10)"
     )
+    p.add_argument(
+        "--lr_ramp_epochs",
+        type=float,
+        help="phase 2's lr rises linearly from ~0 over its first N epochs (default 0: off)",
+    )
     p.add_argument("--patience", type=int, help="early stopping patience in epochs (default 10)")
     add_bool_flag(p, "use_bf16", "bf16 autocast (default: decided from the GPU)")
     p.add_argument(

@@ -48,6 +48,11 @@ VARIANTS: dict[str, list[str]] = {
     "erasing": ["--random_erasing", "0.5"],  # blank one random rectangle in half the images
     "imprint_erasing": ["--head_init", "imprint", "--random_erasing", "0.5"],  # on imprint
     "imprint_imagenet": ["--head_init", "imprint", "--input_norm", "imagenet"],  # the old input
+    "imprint_ramp": ["--head_init", "imprint", "--lr_ramp_epochs", "1"],  # phase-2 lr ramp
+    # the same on the old input, paired with the 500-dog imprint cell measured on it
+    "imprint_ramp_imagenet": [
+        *("--head_init", "imprint", "--lr_ramp_epochs", "1", "--input_norm", "imagenet")
+    ],
     "select_map": ["--select_on", "map"],  # best checkpoint by val mAP instead of Recall@1
     "head_lr": ["--head_lr_mult", "10"],  # neck and ArcFace head at 10x the backbone's lr
     "head_lr3": ["--head_lr_mult", "3"],  # a milder multiplier

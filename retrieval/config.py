@@ -104,6 +104,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     scheduler: str = "cosine"
     cosine_t0: int = 10  # phase-2 epochs of the first cosine cycle; each next one is twice as long
+    lr_ramp_epochs: float = 0.0  # phase 2's lr rises linearly from ~0 over this many epochs
     patience: int = 10  # early stopping on val Recall@1, counted in phase 2 only
     use_bf16: bool | None = None  # None: decided from the GPU
     num_workers: int | None = None
@@ -128,6 +129,13 @@ class TrainConfig:
         _require(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}")
         _require(self.scheduler in SCHEDULERS, f"--scheduler must be one of {SCHEDULERS}")
         _require(self.cosine_t0 >= 1, f"--cosine_t0 must be >= 1, got {self.cosine_t0}")
+        _require(
+            self.lr_ramp_epochs >= 0, f"--lr_ramp_epochs must be >= 0, got {self.lr_ramp_epochs}"
+        )
+        _require(
+            self.lr_ramp_epochs == 0 or self.scheduler == "cosine",
+            "--lr_ramp_epochs needs --scheduler cosine",
+        )
         _require(self.patience >= 1, f"--patience must be >= 1, got {self.patience}")
         _require(self.eval_batch_size >= 1, "--eval_batch_size must be >= 1")
         _require(self.device in DEVICES, f"--device must be one of {DEVICES}")

@@ -79,6 +79,8 @@ def test_nested_config_file_is_accepted(tmp_path):
         ({"batch_p": 1}, "--batch_p"),
         ({"optimizer": "adam"}, "--optimizer"),
         ({"cosine_t0": 0}, "--cosine_t0"),
+        ({"lr_ramp_epochs": -1.0}, "--lr_ramp_epochs"),
+        ({"lr_ramp_epochs": 1.0, "scheduler": "plateau"}, "--lr_ramp_epochs needs"),
         ({"random_erasing": 1.5}, "--random_erasing"),
         ({"unknown_key": 1}, "unknown config keys"),
     ],

@@ -60,6 +60,17 @@ def test_warmup_lr_mult_runs_the_frozen_warmup_at_its_own_rate(tmp_path):
     assert state["config"]["train"]["warmup_lr_mult"] == 10
 
 
+def test_lr_ramp_starts_phase_two_below_the_cosine_rate_and_is_stored(tmp_path):
+    _, workdir = train_tiny(tmp_path, epochs=2, extra=("--lr_ramp_epochs", "2"))
+    with (workdir / "checkpoints" / "train_log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert float(rows[0]["lr"]) == 1e-3  # the warm-up is not ramped
+    # one phase-2 epoch of a 2-epoch ramp ends at (1 + 1 batch) / 2 of the cosine rate
+    assert 0 < float(rows[1]["lr"]) < 0.8e-3
+    state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
+    assert state["config"]["train"]["lr_ramp_epochs"] == 2
+
+
 def test_random_erasing_changes_the_training_batches_and_is_stored(tmp_path):
     def first_loss(workdir):
         with (workdir / "checkpoints" / "train_log.csv").open() as handle:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -125,6 +127,40 @@ def test_warmup_lr_mult_scales_the_warmup_only_and_phase_two_starts_at_base(name
     opt.param_groups[0]["lr"] = 0.25  # e.g. a plateau cut later on: left alone
     schedule.start_epoch(3)
     assert opt.param_groups[0]["lr"] == 0.25
+
+
+def _epoch_lrs(schedule: LRSchedule, opt, epoch: int, batches: int) -> list[float]:
+    """The rate each batch of ``epoch`` trains at, as the training loop sets it."""
+    schedule.start_epoch(epoch, batches)
+    rates = []
+    for i in range(batches):
+        rates.append(opt.param_groups[0]["lr"])
+        schedule.step_batch(epoch, (i + 1) / batches)
+    return rates
+
+
+def test_lr_ramp_rises_linearly_over_phase_two_then_follows_the_cosine():
+    plain_opt, ramp_opt = _optimizer(), _optimizer()
+    plain = LRSchedule(plain_opt, name="cosine", warmup_epochs=2)
+    ramped = LRSchedule(ramp_opt, name="cosine", warmup_epochs=2, ramp_epochs=2)
+    for epoch in (0, 1):  # warm-up: the ramp does not touch it
+        assert _epoch_lrs(ramped, ramp_opt, epoch, 4) == [1.0] * 4
+    cosine = [*_epoch_lrs(plain, plain_opt, 2, 4), *_epoch_lrs(plain, plain_opt, 3, 4)]
+    ramp = [*_epoch_lrs(ramped, ramp_opt, 2, 4), *_epoch_lrs(ramped, ramp_opt, 3, 4)]
+    # batch j of the ramp (8 batches over 2 epochs) at (j + 1) / 8 of the cosine rate
+    assert ramp == pytest.approx([c * (j + 1) / 8 for j, c in enumerate(cosine)])
+    assert ramp[0] > 0  # the first batch is not wasted at rate 0
+    assert _epoch_lrs(ramped, ramp_opt, 4, 4) == pytest.approx(_epoch_lrs(plain, plain_opt, 4, 4))
+
+
+def test_lr_ramp_resumes_mid_ramp_and_needs_the_cosine_schedule():
+    opt = _optimizer()
+    schedule = LRSchedule(opt, name="cosine", warmup_epochs=1, ramp_epochs=2)
+    assert _epoch_lrs(schedule, opt, 2, 4)[0] == pytest.approx(
+        (1 + math.cos(math.pi * 1 / 10)) / 2 * (1 + 1 / 4) / 2  # cosine x ramp: no state
+    )
+    with pytest.raises(ValueError, match="cosine"):
+        LRSchedule(_optimizer(), name="plateau", warmup_epochs=1, ramp_epochs=1)
 
 
 def test_frozen_parameters_are_not_updated_by_the_shared_optimizer():

@@ -87,7 +87,7 @@ def train_one_epoch(
     if settings.max_batches is not None:
         total = min(total or settings.max_batches, settings.max_batches)
     module.train()
-    schedule.start_epoch(epoch)
+    schedule.start_epoch(epoch, total)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
     seen, steps, images_timed, started = 0, 0, 0, None

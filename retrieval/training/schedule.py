@@ -109,6 +109,11 @@ class LRSchedule:
     its own rate. Measured at x10 (bench/RESULTS.md) it fits the neck to the trained
     individuals and costs open-set mAP, so the default stays 1. Phase-2 time is counted from
     its first epoch so that the first cosine cycle starts at the full base rate.
+
+    ``ramp_epochs`` (cosine only): phase 2's rate rises linearly from near 0 to the cosine
+    value over its first ``ramp_epochs`` epochs. Why: the backbone's AdamW moments are empty
+    when it is unfrozen, so its first steps move every weight by about the full rate, just
+    when the margin switches on and the loss jumps (0.1 -> 4.9 on DogFaceNet).
     """
 
     def __init__(
@@ -119,9 +124,14 @@ class LRSchedule:
         warmup_epochs: int,
         warmup_lr_mult: float = 1.0,
         t0: int = 10,
+        ramp_epochs: float = 0.0,
     ):
+        if ramp_epochs > 0 and name != "cosine":
+            raise ValueError(f"an lr ramp needs the cosine schedule, not {name!r}")
         self.name = name
         self.t0 = t0
+        self.ramp_epochs = ramp_epochs
+        self._batch_fraction = 0.0  # one batch as a fraction of the epoch (set per epoch)
         self.warmup_epochs = warmup_epochs
         self.warmup_lr_mult = warmup_lr_mult
         self.optimizer = optimizer
@@ -137,11 +147,16 @@ class LRSchedule:
                 optimizer, T_0=t0, T_mult=T_MULT
             )
 
-    def start_epoch(self, epoch: int) -> None:
-        """Warm-up epochs at base lr x ``warmup_lr_mult``; the first phase-2 epoch back at base.
+    def start_epoch(self, epoch: int, batches: int | None = None) -> None:
+        """Warm-up epochs at base lr x ``warmup_lr_mult``; the first phase-2 epoch back at base
+        (or, with a ramp, at the ramp's rate for the first batch; ``batches``: this epoch's).
 
         Set at every epoch start rather than once, so a run resumed mid-warm-up gets it too.
         """
+        self._batch_fraction = 1.0 / batches if batches else 0.0
+        if batches and self._ramping(epoch - self.warmup_epochs):
+            self.step_batch(epoch, 0.0)
+            return
         if self.warmup_lr_mult == 1.0 or epoch > self.warmup_epochs:
             return
         factor = self.warmup_lr_mult if epoch < self.warmup_epochs else 1.0
@@ -149,9 +164,20 @@ class LRSchedule:
             group["lr"] = base * factor
 
     def step_batch(self, epoch: int, fraction: float) -> None:
-        """Per-iteration update (cosine only); ``fraction`` of the epoch done, in [0, 1)."""
-        if self.name == "cosine" and epoch >= self.warmup_epochs:
-            self.scheduler.step(epoch - self.warmup_epochs + fraction)
+        """Per-iteration update (cosine only); ``fraction`` of the epoch done, in [0, 1):
+        the rate of the next batch."""
+        if self.name != "cosine" or epoch < self.warmup_epochs:
+            return
+        into_phase2 = epoch - self.warmup_epochs + fraction
+        self.scheduler.step(into_phase2)
+        if self._ramping(into_phase2):
+            # the next batch ends at into_phase2 + one batch: the first batch is not wasted at 0
+            factor = min(1.0, (into_phase2 + self._batch_fraction) / self.ramp_epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] *= factor
+
+    def _ramping(self, into_phase2: float) -> bool:
+        return self.ramp_epochs > 0 and 0 <= into_phase2 < self.ramp_epochs
 
     def step_epoch(self, epoch: int, val_recall_at_1: float | None) -> None:
         """End-of-epoch update (plateau only, on validation Recall@1)."""

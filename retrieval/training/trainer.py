@@ -102,6 +102,7 @@ class TrainingSession:
             warmup_epochs=lc.warmup_epochs,
             warmup_lr_mult=tc.warmup_lr_mult,
             t0=tc.cosine_t0,
+            ramp_epochs=tc.lr_ramp_epochs,
         )
         self.scaler = make_grad_scaler(self.plan)
 
