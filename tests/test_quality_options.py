@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -69,6 +70,18 @@ def test_lr_ramp_starts_phase_two_below_the_cosine_rate_and_is_stored(tmp_path):
     assert 0 < float(rows[1]["lr"]) < 0.8e-3
     state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
     assert state["config"]["train"]["lr_ramp_epochs"] == 2
+
+
+def test_a_resume_with_another_lr_follows_it(tmp_path, capsys):
+    data, workdir = train_tiny(tmp_path, epochs=2)  # --lr 1e-3
+    argv = ["--data", str(data), "--workdir", str(workdir), *TINY_TRAIN_ARGS]
+    capsys.readouterr()
+    assert train.main([*argv, "--epochs", "3", "--warmup_epochs", "1", "--lr", "5e-4"]) == 0
+    assert "resuming at --lr 0.0005" in capsys.readouterr().out
+    with (workdir / "checkpoints" / "train_log.csv").open() as handle:
+        last = list(csv.DictReader(handle))[-1]
+    # phase-2 epoch 2 ends 2 epochs into the 10-epoch cosine cycle, from the new base rate
+    assert float(last["lr"]) == pytest.approx(5e-4 * (1 + math.cos(math.pi * 2 / 10)) / 2)
 
 
 def test_random_erasing_changes_the_training_batches_and_is_stored(tmp_path):

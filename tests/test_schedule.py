@@ -163,6 +163,18 @@ def test_lr_ramp_resumes_mid_ramp_and_needs_the_cosine_schedule():
         LRSchedule(_optimizer(), name="plateau", warmup_epochs=1, ramp_epochs=1)
 
 
+@pytest.mark.parametrize("name", ["cosine", "plateau"])
+def test_rescale_moves_the_present_and_the_scheduled_rates(name):
+    opt = _optimizer()
+    schedule = LRSchedule(opt, name=name, warmup_epochs=0)
+    schedule.step_batch(5, 0.0)  # cosine: half way through the first cycle; plateau: no-op
+    before = opt.param_groups[0]["lr"]
+    schedule.rescale(0.1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(before * 0.1)
+    schedule.step_batch(0, 0.0)  # cosine: back to the (new) base rate
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
 def test_frozen_parameters_are_not_updated_by_the_shared_optimizer():
     frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
     live = torch.nn.Parameter(torch.ones(2))

@@ -176,6 +176,16 @@ class LRSchedule:
             for group in self.optimizer.param_groups:
                 group["lr"] *= factor
 
+    def rescale(self, ratio: float) -> None:
+        """Every rate, present and scheduled, times ``ratio``: a run resumed with another
+        ``--lr`` follows it (the loaded optimiser and scheduler states carry the old rates)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts):
+            self.scheduler.base_lrs = [base * ratio for base in self.scheduler.base_lrs]
+
     def _ramping(self, into_phase2: float) -> bool:
         return self.ramp_epochs > 0 and 0 <= into_phase2 < self.ramp_epochs
 

@@ -206,9 +206,19 @@ class TrainingSession:
                 f"parameter groups); resume with --head_lr_mult {stored:g}, or use --fresh"
             ) from err
         self.schedule.load_state_dict(state["scheduler"])
+        self._follow_new_lr(state.get("config", {}).get("train", {}).get("lr"))
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         ckpt.restore_rng_states(state["rng"])
+
+    def _follow_new_lr(self, stored: float | None) -> None:
+        """A resume with another ``--lr`` rescales the loaded schedule instead of ignoring it."""
+        lr = self.cfg.train.lr
+        if not stored or stored == lr:
+            return
+        self.schedule.rescale(lr / stored)
+        if self.ctx.is_main:
+            print(f"lr: the checkpoint trained at --lr {stored:g}; resuming at --lr {lr:g}")
 
     def save(self, metrics: RetrievalMetrics | None, *, improved: bool) -> None:
         if not self.ctx.is_main:
