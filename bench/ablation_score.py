@@ -56,17 +56,18 @@ class CosineBackbone(torch.nn.Module):
         return F.normalize(self.backbone(images).float(), dim=1)
 
 
-def _model(kind: str, model_file: Path | None, plan, image_size: int):
-    """(model, image size, training seconds); ``kind``: one of ``KINDS`` (the floor has no file)."""
+def _model(kind: str, model_file: Path | None, plan, image_size: int, backbone: str):
+    """(model, image size, training seconds); ``kind``: one of ``KINDS`` (the floor has no file,
+    so ``backbone`` names the one it freezes)."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
     if kind in FLOOR_NORMS:
-        backbone, _ = create_backbone(PEER_BACKBONE, "pypi")
-        norm = resolve_input_norm(FLOOR_NORMS[kind], PEER_BACKBONE)
-        return CosineBackbone(backbone, norm).to(plan.device).eval(), image_size, 0.0
+        frozen, _ = create_backbone(backbone, "pypi")
+        norm = resolve_input_norm(FLOOR_NORMS[kind], backbone)
+        return CosineBackbone(frozen, norm).to(plan.device).eval(), image_size, 0.0
     if kind == "peer":
-        backbone, norm, seconds = load_peer(model_file)
-        return CosineBackbone(backbone, norm).to(plan.device).eval(), image_size, seconds
+        trained, norm, seconds = load_peer(model_file)
+        return CosineBackbone(trained, norm).to(plan.device).eval(), image_size, seconds
     loaded = load_inference_model(model_file, plan)
     return loaded.model, loaded.image_size, loaded.train_seconds
 
@@ -142,10 +143,11 @@ def score_cell(
     kind: str,
     image_size: int,
     device: str = "auto",
+    backbone: str = PEER_BACKBONE,
 ) -> dict:
     """Metrics of one model (``kind``: ours, the floor or the peer); protocol: module doc."""
     plan = inference_plan(device)
-    model, size, train_seconds = _model(kind, model_file, plan, image_size)
+    model, size, train_seconds = _model(kind, model_file, plan, image_size, backbone)
     p = records.prepared
     train_labels, val_labels, test_labels = _int_labels(p.train, p.val, p.test)
     val = _views(model, p.val, size, plan)

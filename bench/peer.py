@@ -34,7 +34,7 @@ from retrieval.model.embedder import freeze_batchnorm
 from retrieval.model.pretrained import create_backbone
 from retrieval.workspace import inference_plan
 
-PEER_BACKBONE = "tf_efficientnet_lite0"
+PEER_BACKBONE = "tf_efficientnet_lite0"  # the issue's; bench/ablation.py --backbone may change it
 PEER_FILE = "peer_model.pt"  # in the cell's workdir: backbone weights and training time
 
 
@@ -51,6 +51,7 @@ class PeerConfig:
     device: str = "auto"
     pretrained: str = "pypi"
     input_norm: str = "backbone"  # retrieval.input_norm; peer files from before it: imagenet
+    backbone: str = PEER_BACKBONE
 
 
 def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Path:
@@ -61,9 +62,9 @@ def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Pat
     np.random.seed(config.seed)  # pml's sampler draws from numpy's global generator
     plan = inference_plan(config.device)
     device = torch.device(plan.device)
-    model, _ = create_backbone(PEER_BACKBONE, config.pretrained)
+    model, _ = create_backbone(config.backbone, config.pretrained)
     model.to(device)
-    norm = resolve_input_norm(config.input_norm, PEER_BACKBONE)
+    norm = resolve_input_norm(config.input_norm, config.backbone)
     data = ImageDataset(
         prepared.train, prepared.class_to_idx, build_train_transform(config.image_size)
     )
@@ -109,6 +110,7 @@ def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "backbone": fp32_state_dict(model),
+        "backbone_name": config.backbone,
         "input_norm": config.input_norm,
         "train_seconds": time.perf_counter() - started,
     }
@@ -119,7 +121,8 @@ def train_peer(prepared: PreparedData, workdir: Path, config: PeerConfig) -> Pat
 def load_peer(path: Path) -> tuple[nn.Module, InputNorm, float]:
     """(the trained peer backbone on CPU, its input normalisation, its training seconds)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model, _ = create_backbone(PEER_BACKBONE, "none")
+    name = state.get("backbone_name", PEER_BACKBONE)  # peer files before --backbone: lite0
+    model, _ = create_backbone(name, "none")
     model.load_state_dict(state["backbone"])
-    norm = resolve_input_norm(state.get("input_norm", LEGACY_INPUT_NORM), PEER_BACKBONE)
+    norm = resolve_input_norm(state.get("input_norm", LEGACY_INPUT_NORM), name)
     return model, norm, float(state["train_seconds"])

@@ -10,11 +10,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from ablation import VARIANTS, build_parser, train_argv
+from ablation import VARIANTS, _cells_dir, build_parser, train_argv
 from ablation_data import ALL_CLASSES, DOGFACENET_CLASSES, OPEN_SET_CLASSES, Dataset, dogfacenet
-from ablation_score import write_table
+from ablation_score import _model, write_table
 
 import train
+from retrieval.workspace import inference_plan
 
 
 def _cell(variant: str, seed: int, value: float) -> dict:
@@ -82,3 +83,17 @@ def test_dogfacenet_as_a_whole_trains_on_every_dog_but_the_held_out_ones(shared_
 def test_missing_data_set_names_the_flag(tmp_path):
     with pytest.raises(SystemExit, match="--data_root"):
         dogfacenet(tmp_path, tmp_path)
+
+
+def test_backbone_flag_reaches_every_cell_and_keeps_its_cells_apart(tmp_path):
+    data = Dataset("d", tmp_path / "m.csv", tmp_path, "gallery")
+    lite0 = build_parser().parse_args(["--out", str(tmp_path)])
+    lite2 = build_parser().parse_args(
+        ["--out", str(tmp_path), "--backbone", "tf_efficientnet_lite2"]
+    )
+    assert _cells_dir(lite0, data) == tmp_path / "d"  # where every lite0 cell already is
+    assert _cells_dir(lite2, data) == tmp_path / "d" / "tf_efficientnet_lite2"
+    args = train.build_parser().parse_args(train_argv(lite2, data, "imprint", seed=1))
+    assert (args.backbone, args.pretrained) == ("tf_efficientnet_lite2", "pypi")
+    floor, _, _ = _model("floor", None, inference_plan("cpu"), 48, "tf_efficientnet_lite2")
+    assert [len(stage) for stage in floor.backbone.blocks] == [1, 3, 3, 4, 4, 5, 1]

@@ -8,6 +8,7 @@ same path as our own cells.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,13 @@ def test_peer_trains_its_weights_with_batchnorm_statistics_frozen(peer_cell):
     assert stats and seconds > 0
     assert all(torch.equal(before[k], after[k]) for k in stats)  # eval-mode BatchNorm
     assert any(not torch.equal(before[k], after[k]) for k in weights)
+
+
+def test_peer_keeps_the_backbone_it_trained(tiny_data, tmp_path):
+    prepared = prepare_data(tiny_data, tmp_path, min_size=32, seed=1, progress=False)
+    path = train_peer(prepared, tmp_path, replace(TINY, epochs=1, backbone="test_efficientnet"))
+    trained, _, _ = load_peer(path)
+    assert trained.default_cfg["architecture"] == "test_efficientnet"
 
 
 def test_peer_is_scored_on_the_same_split_as_our_cells(peer_cell):
