@@ -13,6 +13,7 @@ from typing import Any
 
 from retrieval.cli import add_bool_flag, add_workdir_args, cli_main
 from retrieval.config import (
+    EVAL_SIZES,
     HEAD_INITS,
     INPUT_NORMS,
     OPTIMIZERS,
@@ -37,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--embedding_dim", type=int, help="embedding size (default 512)")
     p.add_argument("--image_size", type=int, help="training/eval image size (default 480)")
+    p.add_argument(
+        "--eval_size",
+        choices=EVAL_SIZES,
+        help="size search and evaluation embed at: auto = chosen on val mAP after training "
+        "among the train size and up to 1.29x it (default), train = the train size",
+    )
     p.add_argument(
         "--min_size", type=int, help="drop groups with an image below this (default 224)"
     )

@@ -33,6 +33,7 @@ from ablation_data import DATASETS, Dataset, dataset_records
 from ablation_score import FLOOR_NORMS, score_cell, write_table
 from peer import PEER_BACKBONE, PEER_FILE, PeerConfig, train_peer
 
+from retrieval.config import EVAL_SIZES
 from retrieval.device import prepare_environment
 from retrieval.model.pretrained import PYPI_STAGE_DEPTHS
 
@@ -100,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open_classes", type=int, default=60, help="dogfacenet: dogs held out")
     p.add_argument("--score_only", action="store_true", help="train nothing; score what exists")
     p.add_argument(
+        "--eval_size",
+        choices=EVAL_SIZES,
+        default="auto",
+        help="size every model embeds at: auto = chosen on val (train.py stores its choice; "
+        "the floor and the peer choose the same way), train = the training size",
+    )
+    p.add_argument(
         "--checkpoint",
         choices=["best", "latest"],
         default="best",
@@ -123,6 +131,7 @@ def train_argv(args: argparse.Namespace, data: Dataset, variant: str, seed: int)
         *("--margin", str(args.margin), "--scale", str(args.scale)),
         *("--batch_p", "16", "--batch_k", "4", "--seed", str(seed), "--device", args.device),
         *("--head_init", "random"),  # the plain recipe every cell was measured against
+        *("--eval_size", args.eval_size),
         *extra,
     ]
 
@@ -188,7 +197,9 @@ def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -
     model = _model_file(workdir, variant, args.checkpoint)
     fresh = model is None or (scored.exists() and scored.stat().st_mtime > model.stat().st_mtime)
     if scored.exists() and fresh and not args.rescore:  # a resumed run may replace the model
-        return json.loads(scored.read_text())
+        cached = json.loads(scored.read_text())
+        if cached.get("eval_size_mode", "train") == args.eval_size:  # older files: train size
+            return cached
     records = dataset_records(data, workdir, seed=seed)
     kind = variant if variant in (*UNTRAINED, PEER) else "trained"
     result = score_cell(
@@ -199,8 +210,9 @@ def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -
         image_size=args.image_size,
         device=args.device,
         backbone=args.backbone,
+        eval_size=args.eval_size,
     )
-    result.update(variant=variant, seed=seed, dataset=data.name)
+    result.update(variant=variant, seed=seed, dataset=data.name, eval_size_mode=args.eval_size)
     scored.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("variant", "seed", "metrics")}), flush=True)
     return result

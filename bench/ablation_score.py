@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from ablation_data import CellRecords
 from peer import PEER_BACKBONE, load_peer
 
+from retrieval.checkpoint import load_checkpoint
 from retrieval.class_prior import TOP_K, agreement_matrix, blend, class_posterior, tune_prior
 from retrieval.data.records import ImageRecord
+from retrieval.eval_size import choose_eval_size
 from retrieval.flips import choose_flip_policy, embed_with_mirrors, mirror_report
 from retrieval.inference import load_inference_model
 from retrieval.input_norm import InputNorm, resolve_input_norm
@@ -135,6 +137,22 @@ def _closed_set_options(val, val_labels, target, target_labels, train, train_lab
     return metrics, chosen
 
 
+def _eval_size(kind: str, model_file: Path | None, model, size: int, p, plan, choose: str) -> int:
+    """The size a cell embeds at. ``choose`` "auto": what ``train.py`` stored (it chooses on
+    val after training), else chosen on val the same way here (the floor, the peer, older
+    checkpoints); "train": the training size for every model."""
+    if choose == "train":
+        return size if kind != "trained" else int(load_checkpoint(model_file)["image_size"])
+    if kind == "trained" and "eval_image_size" in load_checkpoint(model_file):
+        return size
+    class_to_idx = {name: i for i, name in enumerate(sorted({r.label for r in p.train}))}
+    choice = choose_eval_size(
+        model, p.train, p.val, class_to_idx, train_size=size, plan=plan, progress=False
+    )
+    print(choice.describe(), flush=True)
+    return choice.size
+
+
 def score_cell(
     model_file: Path | None,
     records: CellRecords,
@@ -144,11 +162,13 @@ def score_cell(
     image_size: int,
     device: str = "auto",
     backbone: str = PEER_BACKBONE,
+    eval_size: str = "auto",
 ) -> dict:
     """Metrics of one model (``kind``: ours, the floor or the peer); protocol: module doc."""
     plan = inference_plan(device)
     model, size, train_seconds = _model(kind, model_file, plan, image_size, backbone)
     p = records.prepared
+    size = _eval_size(kind, model_file, model, size, p, plan, eval_size)
     train_labels, val_labels, test_labels = _int_labels(p.train, p.val, p.test)
     val = _views(model, p.val, size, plan)
     test = _views(model, p.test, size, plan)
@@ -179,6 +199,7 @@ def score_cell(
     out["mirror"] = {**report.to_dict(), "augment": policy.augment, "tta": policy.tta}
     # 6 places, so the table's 3 are rounded once (0.76951 at 4 places printed 0.769)
     out["metrics"] = {k: round(float(v), 6) for k, v in out["metrics"].items()}
+    out["eval_size"] = size
     out["minutes_to_best"] = round(train_seconds / 60, 1)  # training time up to the model scored
     return out
 

@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SELECTION_METRICS = ("recall_at_1", "map")
 POOLINGS = ("avg", "gem")
 HEAD_INITS = ("random", "imprint", "imprint_centred", "auto")
+EVAL_SIZES = ("auto", "train")  # retrieval.eval_size: chosen on val, or the train size
 INPUT_NORMS = ("backbone", "imagenet")  # pixel statistics: the backbone's own, or ImageNet's
 LEGACY_INPUT_NORM = "imagenet"  # what a stored config without the key was trained with
 
@@ -38,6 +39,7 @@ class DataConfig:
     data: str = "data"  # a folder data/{class}/{ID}_{seq}.ext or a CSV manifest
     image_root: str | None = None  # folder the manifest's file names are relative to
     image_size: int = 480
+    eval_size: str = "auto"  # inference size: chosen on val after training, or "train"
     min_size: int = 224  # a group with any image smaller than this is dropped whole
     hflip: bool = True  # left/right flanks of a spotted animal differ: --no_hflip turns flips off
     random_erasing: float = 0.0  # probability of blanking one random rectangle (off)
@@ -49,6 +51,7 @@ class DataConfig:
             f"--random_erasing is a probability in 0..1, got {self.random_erasing}",
         )
         _require(self.image_size >= 32, f"--image_size must be >= 32, got {self.image_size}")
+        _require(self.eval_size in EVAL_SIZES, f"--eval_size must be one of {EVAL_SIZES}")
         _require(self.min_size >= 1, f"--min_size must be >= 1, got {self.min_size}")
 
 

@@ -15,6 +15,7 @@ import torch
 from retrieval import checkpoint as ckpt
 from retrieval.config import LEGACY_INPUT_NORM
 from retrieval.device import RuntimePlan
+from retrieval.eval_size import inference_size
 from retrieval.model.embedder import EmbeddingModel, build_embedding_model
 
 
@@ -22,7 +23,7 @@ from retrieval.model.embedder import EmbeddingModel, build_embedding_model
 class LoadedModel:
     model: EmbeddingModel  # in eval mode, on the plan's device
     class_to_idx: dict[str, int]
-    image_size: int
+    image_size: int  # what it embeds at: val's choice after training, else the train size
     backbone: str
     fingerprint: str  # weights hash + backbone + image size: what a gallery is tied to
     checkpoint: Path
@@ -56,9 +57,9 @@ def load_inference_model(path: Path, plan: RuntimePlan) -> LoadedModel:
     return LoadedModel(
         model=model,
         class_to_idx=dict(state["class_to_idx"]),
-        image_size=int(state["image_size"]),
+        image_size=inference_size(state),
         backbone=state["backbone"],
-        fingerprint=model_fingerprint(model_hash, state["backbone"], int(state["image_size"])),
+        fingerprint=model_fingerprint(model_hash, state["backbone"], inference_size(state)),
         checkpoint=path,
         config=state["config"],
         train_seconds=float(state.get("progress", {}).get("train_seconds", 0.0)),

@@ -94,10 +94,33 @@ def run_training(
                 (session.dir / "train_log.csv").unlink(missing_ok=True)
         result = session.fit(max_batches=max_batches)
         if ctx.is_main and not result.interrupted:
+            if cfg.data.eval_size == "auto":
+                _choose_eval_size(cfg, session.dir / ckpt.BEST, prepared, plan)
             _build_gallery(cfg, session.dir / ckpt.BEST)
         return result
     finally:
         shutdown(ctx)
+
+
+def _choose_eval_size(
+    cfg: RunConfig, best: Path, prepared: PreparedData, plan: RuntimePlan
+) -> None:
+    """Record in ``best`` the size val prefers (retrieval.eval_size); search reads it there."""
+    from retrieval.eval_size import choose_eval_size, store_choice
+    from retrieval.inference import load_inference_model
+
+    loaded = load_inference_model(best, plan)
+    choice = choose_eval_size(
+        loaded.model,
+        prepared.train,
+        prepared.val,
+        loaded.class_to_idx,
+        train_size=cfg.data.image_size,
+        plan=plan,
+        batch_size=cfg.train.eval_batch_size,
+    )
+    ckpt.save_atomic(store_choice(ckpt.load_checkpoint(best), choice), best)
+    print(choice.describe(), flush=True)
 
 
 def _build_gallery(cfg: RunConfig, best: Path) -> None:
