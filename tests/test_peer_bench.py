@@ -23,6 +23,7 @@ from ablation_score import score_cell
 from peer import PEER_BACKBONE, PEER_FILE, PeerConfig, load_peer, train_peer
 
 from retrieval.data.prepare import prepare_data
+from retrieval.eval_size import candidate_sizes
 from retrieval.input_norm import resolve_input_norm
 from retrieval.model.pretrained import create_backbone
 from retrieval.rerank_tune import GRIDS
@@ -88,3 +89,13 @@ def test_gallery_mode_scores_recall_with_and_without_expansion_chosen_on_val(pee
             metrics["test_r1"],
             metrics["test_map"],
         )
+
+
+def test_models_without_a_stored_size_choose_theirs_on_val_as_train_py_does(peer_cell):
+    workdir, prepared = peer_cell
+    records = CellRecords(prepared, ())
+    common = dict(mode="pairs", kind="peer", image_size=48, device="cpu")
+    chosen = score_cell(workdir / PEER_FILE, records, eval_size="auto", **common)
+    fixed = score_cell(workdir / PEER_FILE, records, eval_size="train", **common)
+    assert chosen["eval_size"] in candidate_sizes(48)
+    assert fixed["eval_size"] == 48
