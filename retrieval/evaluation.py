@@ -170,6 +170,7 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
         "inference_images_per_s": f"{report.inference_images_per_s:.1f}",
         "notes": f"tta={ws.tta}; rerank={_rerank_note(report)}; "
         f"input_norm={RunConfig.from_dict(cfg).model.input_norm}; "
+        f"eval_size={ws.loaded.image_size}; "
         f"checkpoint={ws.loaded.checkpoint.name}",
     }
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
 from conftest import train_tiny
 from PIL import Image
 
+import evaluate
 from retrieval import checkpoint as ckpt
 from retrieval.data.records import ImageRecord
 from retrieval.eval_size import candidate_sizes, choose_eval_size
@@ -112,6 +114,10 @@ def test_training_stores_the_choice_and_search_embeds_at_it(tmp_path):
     assert loaded.image_size == state["eval_image_size"]
     ws = open_workspace(workdir, best, device="cpu")
     assert ws.gallery.fingerprint.startswith(loaded.fingerprint)
+    assert evaluate.main(["--split", "val", "--workdir", str(workdir)]) == 0
+    with (workdir / "results" / "benchmarks.csv").open() as handle:
+        notes = next(csv.DictReader(handle))["notes"]
+    assert f"eval_size={state['eval_image_size']};" in notes
 
 
 def test_eval_size_train_embeds_at_the_training_size(tmp_path):
