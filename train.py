@@ -114,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         "imprint_centred = the same after removing the mean of all, or auto = imprint unless "
         "the class means share one narrow cone (auto)",
     )
+    p.add_argument(
+        "--triplet_weight",
+        type=float,
+        help="add this x a batch-hard triplet loss on the embeddings to ArcFace (default 0: off)",
+    )
+    p.add_argument(
+        "--triplet_margin",
+        type=float,
+        help="the triplet margin, a distance between unit vectors (default 0.3)",
+    )
     p.add_argument("--seed", type=int, help="seed for splits and sampling (default 42)")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--preset", choices=PRESETS, help="demo: synthetic data, lite0, minutes on CPU")

@@ -51,6 +51,7 @@ VARIANTS: dict[str, list[str]] = {
     "imprint_erasing": ["--head_init", "imprint", "--random_erasing", "0.5"],  # on imprint
     "imprint_imagenet": ["--head_init", "imprint", "--input_norm", "imagenet"],  # the old input
     "imprint_gem": ["--head_init", "imprint", "--pooling", "gem"],  # GeM on the defaults
+    "imprint_triplet": ["--head_init", "imprint", "--triplet_weight", "1"],  # + batch-hard triplet
     "imprint_ramp": ["--head_init", "imprint", "--lr_ramp_epochs", "1"],  # phase-2 lr ramp
     # the same on the old input, paired with the 500-dog imprint cell measured on it
     "imprint_ramp_imagenet": [

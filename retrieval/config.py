@@ -82,6 +82,10 @@ class LossConfig:
     subcenters: int = 1  # sub-center ArcFace: k centres per class (1 = plain ArcFace)
     dynamic_margins: bool = False  # per-class margin a * n^(-1/4) + b from class frequency
     head_init: str = "auto"  # imprint where the class means spread, else random (bench/RESULTS.md)
+    triplet_weight: float = (
+        0.0  # > 0: add this x a batch-hard triplet loss (retrieval.model.triplet)
+    )
+    triplet_margin: float = 0.3  # its margin, in Euclidean distance between unit vectors (0..2)
 
     def __post_init__(self) -> None:
         _require(
@@ -91,6 +95,14 @@ class LossConfig:
         _require(self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _require(self.subcenters >= 1, f"--subcenters must be >= 1, got {self.subcenters}")
         _require(self.head_init in HEAD_INITS, f"--head_init must be one of {HEAD_INITS}")
+        _require(
+            self.triplet_weight >= 0, f"--triplet_weight must be >= 0, got {self.triplet_weight}"
+        )
+        _require(
+            0 <= self.triplet_margin < 2,
+            f"--triplet_margin is a distance between unit vectors, in [0, 2): "
+            f"got {self.triplet_margin}",
+        )
 
 
 @dataclass(frozen=True)

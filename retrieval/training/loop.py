@@ -16,20 +16,39 @@ from retrieval.device import RuntimePlan, autocast
 from retrieval.input_norm import InputNorm
 from retrieval.model.arcface import ArcFaceHead
 from retrieval.model.embedder import EmbeddingModel
+from retrieval.model.triplet import batch_hard_triplet_loss
 from retrieval.training.schedule import LRSchedule
 
 
 class TrainModule(torch.nn.Module):
-    """Embedding model + ArcFace head as one module, so DDP and torch.compile see one graph."""
+    """Embedding model + ArcFace head as one module, so DDP and torch.compile see one graph.
 
-    def __init__(self, model: EmbeddingModel, head: ArcFaceHead):
+    ``triplet_weight`` > 0 adds that many times a batch-hard triplet loss on the same
+    embeddings (``retrieval.model.triplet``) to the ArcFace loss.
+    """
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        head: ArcFaceHead,
+        *,
+        triplet_weight: float = 0.0,
+        triplet_margin: float = 0.3,
+    ):
         super().__init__()
         self.model = model
         self.head = head
+        self.triplet_weight = triplet_weight
+        self.triplet_margin = triplet_margin
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean ArcFace loss of a batch; logits are float32 inside the head."""
-        return self.head.loss(self.model(images), labels)
+        """Mean loss of a batch; logits and distances are float32."""
+        embeddings = self.model(images)
+        loss = self.head.loss(embeddings, labels)
+        if self.triplet_weight > 0:
+            triplet = batch_hard_triplet_loss(embeddings, labels, margin=self.triplet_margin)
+            loss = loss + self.triplet_weight * triplet
+        return loss
 
 
 PROGRESS_EVERY = 10

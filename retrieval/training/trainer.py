@@ -85,7 +85,12 @@ class TrainingSession:
             subcenters=lc.subcenters,
             class_margins=self._class_margins() if lc.dynamic_margins else None,
         )
-        self.module = TrainModule(self.model, self.head).to(self.device)
+        self.module = TrainModule(
+            self.model,
+            self.head,
+            triplet_weight=lc.triplet_weight,
+            triplet_margin=lc.triplet_margin,
+        ).to(self.device)
         if self.plan.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.ema = build_ema(self.model, tc.ema_decay)
