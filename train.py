@@ -1,7 +1,8 @@
 """Train the re-identification model: ``python train.py --fresh`` (SPEC 3).
 
 Thin CLI: flags -> RunConfig -> retrieval.training.run. Precedence of values: built-in
-defaults < --preset < --config FILE < explicit flags.
+defaults < --preset < the run being resumed (its checkpoints/config.json, unless --fresh) <
+--config FILE < explicit flags.
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def resolve_values(args: argparse.Namespace) -> dict[str, Any]:
     from retrieval.presets import preset_values
 
     values = preset_values(args.preset, Path(args.workdir))
+    if not args.fresh:
+        values.update(_resumed_values(Path(args.workdir)))
     if args.config:
         values.update(load_config_file(Path(args.config)))
     for name, value in vars(args).items():
@@ -154,6 +157,17 @@ def resolve_values(args: argparse.Namespace) -> dict[str, Any]:
         if values.get(key):
             values[key] = str(Path(values[key]).resolve())
     return values
+
+
+def _resumed_values(workdir: Path) -> dict[str, Any]:
+    """The settings of the run in ``workdir`` when there is one to resume, else nothing."""
+    from retrieval.config import stored_run_values
+
+    stored = workdir / "checkpoints" / "config.json"
+    if not (workdir / "checkpoints" / "latest_model.pt").is_file() or not stored.is_file():
+        return {}
+    print(f"resuming with the settings in {stored}; flags given now override them")
+    return stored_run_values(stored)
 
 
 def _run(args: argparse.Namespace) -> int:

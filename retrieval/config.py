@@ -235,6 +235,37 @@ def build_run_config(values: dict[str, Any], *, workdir: str = ".") -> RunConfig
     return RunConfig(workdir=workdir, **sections)
 
 
+# How this machine runs, not what the run is: a resume decides these anew (plan_runtime).
+MACHINE_KEYS = frozenset(
+    {"device", "num_workers", "accum_steps", "use_bf16", "compile", "eval_batch_size"}
+)
+
+
+def stored_run_values(path: Path) -> dict[str, Any]:
+    """The flat settings a run stored in ``path`` (its ``checkpoints/config.json``).
+
+    Why: a resume must continue the run it resumes. Without these, a plain ``python train.py``
+    after a crash would fall back to the built-in defaults for every flag not typed again
+    (another margin, epoch count or loss) without a word. Keys a stored config lacks take
+    ``LEGACY_DEFAULTS`` (what that run trained with); keys this version no longer knows and
+    ``MACHINE_KEYS`` are left out.
+    """
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a mapping")
+    except (OSError, ValueError) as err:
+        raise InputError(
+            f"{path} cannot be read ({err}); it holds the settings to resume with: "
+            "use --fresh to start over, or delete it to resume with the flags given now"
+        ) from err
+    values: dict[str, Any] = {}
+    for name in SECTIONS:
+        values.update({**LEGACY_DEFAULTS.get(name, {}), **(raw.get(name) or {})})
+    known = flat_keys()
+    return {k: v for k, v in values.items() if k in known and k not in MACHINE_KEYS}
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Flat keys from a YAML or JSON file (``--config``): it changes defaults, flags still win."""
     if not path.is_file():

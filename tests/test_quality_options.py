@@ -34,7 +34,7 @@ def test_gem_subcenters_dynamic_margins_train_resume_and_search(tmp_path, capsys
     assert len(json.loads(capsys.readouterr().out)[0]["matches"]) == 5
     # resuming with another head configuration is a clean, one-line refusal
     argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "3", *TINY_TRAIN_ARGS]
-    assert train.main([*argv, "--warmup_epochs", "1", "--pooling", "gem"]) == 2
+    assert train.main([*argv, "--warmup_epochs", "1", "--subcenters", "1"]) == 2
     assert "another model or head configuration" in capsys.readouterr().err
 
 
