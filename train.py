@@ -161,10 +161,11 @@ def resolve_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def _resumed_values(workdir: Path) -> dict[str, Any]:
     """The settings of the run in ``workdir`` when there is one to resume, else nothing."""
+    from retrieval.checkpoint import LATEST
     from retrieval.config import stored_run_values
 
     stored = workdir / "checkpoints" / "config.json"
-    if not (workdir / "checkpoints" / "latest_model.pt").is_file() or not stored.is_file():
+    if not (workdir / "checkpoints" / LATEST).is_file() or not stored.is_file():
         return {}
     print(f"resuming with the settings in {stored}; flags given now override them")
     return stored_run_values(stored)

@@ -82,9 +82,7 @@ class LossConfig:
     subcenters: int = 1  # sub-center ArcFace: k centres per class (1 = plain ArcFace)
     dynamic_margins: bool = False  # per-class margin a * n^(-1/4) + b from class frequency
     head_init: str = "auto"  # imprint where the class means spread, else random (bench/RESULTS.md)
-    triplet_weight: float = (
-        0.0  # > 0: add this x a batch-hard triplet loss (retrieval.model.triplet)
-    )
+    triplet_weight: float = 0.0  # > 0: this x a batch-hard triplet loss (model/triplet.py)
     triplet_margin: float = 0.3  # its margin, in Euclidean distance between unit vectors (0..2)
 
     def __post_init__(self) -> None:
@@ -251,17 +249,15 @@ def stored_run_values(path: Path) -> dict[str, Any]:
     ``MACHINE_KEYS`` are left out.
     """
     try:
-        raw = json.loads(path.read_text())
-        if not isinstance(raw, dict):
-            raise ValueError("not a mapping")
-    except (OSError, ValueError) as err:
+        stored = load_config_file(path)
+    except InputError as err:
         raise InputError(
             f"{path} cannot be read ({err}); it holds the settings to resume with: "
             "use --fresh to start over, or delete it to resume with the flags given now"
         ) from err
-    values: dict[str, Any] = {}
-    for name in SECTIONS:
-        values.update({**LEGACY_DEFAULTS.get(name, {}), **(raw.get(name) or {})})
+    # flat keys are unique across sections, so the legacy defaults flatten the same way
+    values = {k: v for legacy in LEGACY_DEFAULTS.values() for k, v in legacy.items()}
+    values.update(stored)
     known = flat_keys()
     return {k: v for k, v in values.items() if k in known and k not in MACHINE_KEYS}
 

@@ -92,6 +92,14 @@ TINY_TRAIN_ARGS = [
 ]  # fmt: skip
 
 
+def first_epoch_loss(workdir: Path) -> float:
+    """The training loss of a run's first epoch, from its train_log.csv."""
+    import csv
+
+    with (workdir / "checkpoints" / "train_log.csv").open() as handle:
+        return float(next(csv.DictReader(handle))["loss"])
+
+
 def train_tiny(root: Path, *, epochs: int = 3, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """Train on one-image groups of the tiny colours; returns (data folder, workdir)."""
     import train

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_TRAIN_ARGS, train_tiny
+from conftest import TINY_TRAIN_ARGS, first_epoch_loss, train_tiny
 
 import evaluate
 import search
@@ -85,16 +85,12 @@ def test_a_resume_with_another_lr_follows_it(tmp_path, capsys):
 
 
 def test_random_erasing_changes_the_training_batches_and_is_stored(tmp_path):
-    def first_loss(workdir):
-        with (workdir / "checkpoints" / "train_log.csv").open() as handle:
-            return float(next(csv.DictReader(handle))["loss"])
-
     _, plain = train_tiny(tmp_path / "plain", epochs=1)
     _, erased = train_tiny(tmp_path / "erased", epochs=1, extra=("--random_erasing", "1.0"))
     state = ckpt.load_checkpoint(erased / "checkpoints" / "latest_model.pt")
     assert state["config"]["data"]["random_erasing"] == 1.0
     # runs are repeatable under one seed (test_seeding.py), so only the erased pixels differ
-    assert first_loss(plain) != first_loss(erased)
+    assert first_epoch_loss(plain) != first_epoch_loss(erased)
     assert evaluate.main(["--split", "val", "--workdir", str(erased)]) == 0
     with (erased / "results" / "benchmarks.csv").open() as handle:
         assert "+erase1@" in next(csv.DictReader(handle))["augmentation"]

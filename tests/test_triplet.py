@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
-from conftest import train_tiny
+from conftest import first_epoch_loss, train_tiny
 
 from retrieval import checkpoint as ckpt
 from retrieval.config import LossConfig
@@ -102,14 +101,10 @@ def test_config_refuses_a_negative_weight_or_a_margin_outside_0_2(weight, margin
 
 
 def test_train_py_trains_with_it_and_stores_it(tmp_path):
-    def first_loss(workdir):
-        with (workdir / "checkpoints" / "train_log.csv").open() as handle:
-            return float(next(csv.DictReader(handle))["loss"])
-
     _, plain = train_tiny(tmp_path / "plain", epochs=1)
     _, triplet = train_tiny(tmp_path / "triplet", epochs=1, extra=("--triplet_weight", "1"))
     state = ckpt.load_checkpoint(triplet / "checkpoints" / "latest_model.pt")
     assert state["config"]["loss"]["triplet_weight"] == 1.0
     assert state["config"]["loss"]["triplet_margin"] == 0.3
     # runs repeat under one seed (test_seeding.py): the loss differs by the triplet term only
-    assert first_loss(triplet) > first_loss(plain)
+    assert first_epoch_loss(triplet) > first_epoch_loss(plain)
