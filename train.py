@@ -23,6 +23,7 @@ from retrieval.config import (
     SCHEDULERS,
     SELECTION_METRICS,
 )
+from retrieval.errors import InputError
 
 # flag name -> config key, where they differ (SPEC 8 names the flags)
 RENAMED = {"margin": "margin_rad"}
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="val metric that picks best_model.pt and stops early (default recall_at_1)",
     )
     add_bool_flag(p, "compile", "torch.compile the training step")
-    p.add_argument("--no_hflip", action="store_true", help="no horizontal flip augmentation")
+    add_bool_flag(p, "hflip", "horizontal flip augmentation (default true)")
+    p.add_argument("--no_hflip", action="store_true", help="no flip augmentation (--hflip=false)")
     p.add_argument(
         "--random_erasing",
         type=float,
@@ -151,6 +153,8 @@ def resolve_values(args: argparse.Namespace) -> dict[str, Any]:
         if name not in NOT_CONFIG and value is not None:
             values[RENAMED.get(name, name)] = value
     if args.no_hflip:
+        if args.hflip:
+            raise InputError("--hflip and --no_hflip contradict each other: give one")
         values["hflip"] = False
     # Absolute paths: the checkpoint's config must find the data from any folder later.
     for key in ("data", "image_root"):

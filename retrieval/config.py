@@ -213,12 +213,15 @@ def resolve_batch(cfg: RunConfig, accum_steps: int) -> RunConfig:
 
     Accumulation is chosen from GPU memory so that smaller cards keep the effective batch
     (P x K x accumulation = 64 images by default) with smaller micro-batches; an explicit
-    ``--batch_p`` is kept as given.
+    ``--batch_p`` is kept as given. The plan's accumulation is recorded too, so the stored
+    config says which P the machine chose (see ``stored_run_values``).
     """
-    if cfg.train.batch_p is not None:
-        return cfg
-    p = max(2, EFFECTIVE_CLASSES_PER_STEP // max(1, accum_steps))
-    return replace(cfg, train=replace(cfg.train, batch_p=p))
+    p = cfg.train.batch_p if cfg.train.batch_p is not None else _auto_batch_p(accum_steps)
+    return replace(cfg, train=replace(cfg.train, batch_p=p, accum_steps=accum_steps))
+
+
+def _auto_batch_p(accum_steps: int) -> int:
+    return max(2, EFFECTIVE_CLASSES_PER_STEP // max(1, accum_steps))
 
 
 def build_run_config(values: dict[str, Any], *, workdir: str = ".") -> RunConfig:
@@ -246,7 +249,8 @@ def stored_run_values(path: Path) -> dict[str, Any]:
     after a crash would fall back to the built-in defaults for every flag not typed again
     (another margin, epoch count or loss) without a word. Keys a stored config lacks take
     ``LEGACY_DEFAULTS`` (what that run trained with); keys this version no longer knows and
-    ``MACHINE_KEYS`` are left out.
+    ``MACHINE_KEYS`` are left out. So is a P that the run's accumulation chose, not a user:
+    this machine's accumulation chooses it again, and the effective batch stays the same.
     """
     try:
         stored = load_config_file(path)
@@ -258,6 +262,9 @@ def stored_run_values(path: Path) -> dict[str, Any]:
     # flat keys are unique across sections, so the legacy defaults flatten the same way
     values = {k: v for legacy in LEGACY_DEFAULTS.values() for k, v in legacy.items()}
     values.update(stored)
+    accum = values.get("accum_steps")
+    if accum is not None and values.get("batch_p") == _auto_batch_p(accum):
+        del values["batch_p"]
     known = flat_keys()
     return {k: v for k, v in values.items() if k in known and k not in MACHINE_KEYS}
 

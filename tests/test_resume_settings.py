@@ -58,6 +58,35 @@ def test_stored_values_leave_out_the_machine_and_fill_in_legacy_defaults(tmp_pat
     assert values["margin_rad"] == raw["loss"]["margin_rad"]
 
 
+def test_hflip_turns_an_inherited_no_hflip_back_on_and_contradictions_are_refused(tmp_path):
+    _, workdir = train_tiny(tmp_path, epochs=1, extra=("--no_hflip",))
+    base = ["--workdir", str(workdir), "--num_workers", "0"]
+    assert train.main([*base, "--epochs", "2", "--hflip"]) == 0
+    assert _stored_config(workdir)["data"]["hflip"] is True
+    assert train.main([*base, "--epochs", "3", "--hflip", "--no_hflip"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("stored_p", "stored_accum", "kept"),
+    [(16, 1, False), (4, 4, False), (12, 1, True), (16, None, True)],
+    ids=["auto-1", "auto-4", "explicit", "older-config"],
+)
+def test_a_p_the_machine_chose_is_chosen_again_and_one_a_user_gave_is_kept(
+    tmp_path, stored_p, stored_accum, kept
+):
+    raw = RunConfig().to_dict()
+    raw["train"].update(batch_p=stored_p, accum_steps=stored_accum)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    assert ("batch_p" in stored_run_values(path)) is kept
+
+
+def test_the_stored_config_records_the_accumulation_the_machine_chose(tmp_path):
+    _, workdir = train_tiny(tmp_path, epochs=1)
+    stored = json.loads((workdir / "checkpoints" / "config.json").read_text())["train"]
+    assert stored["accum_steps"] == 1 and stored["batch_p"] == 4  # TINY_TRAIN_ARGS' P
+
+
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]"], ids=["corrupt", "not-a-mapping"])
 def test_an_unreadable_stored_config_names_the_file_and_the_way_out(tmp_path, text):
     path = tmp_path / "config.json"
