@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrieval.errors import InputError
+from retrieval.host_memory import keep_freed_host_memory
 
 if TYPE_CHECKING:
     import torch
@@ -85,6 +86,7 @@ class RuntimePlan:
     pin_memory: bool  # page-locked host memory for faster host-to-GPU copies
     torch_threads: int  # torch.set_num_threads value; 0 leaves torch's default
     reason: str  # which row of the table was used, and any overrides
+    keep_host_heap: bool = False  # reuse freed host memory, no page faults a step (host_memory)
 
     def describe(self) -> str:
         """One line per choice, for the log at training start."""
@@ -105,6 +107,7 @@ class RuntimePlan:
             f"channels_last: {_on_off(self.channels_last)}",
             f"pin_memory: {_on_off(self.pin_memory)}",
             f"torch threads: {threads}",
+            f"host heap: {'kept (freed memory reused)' if self.keep_host_heap else 'default'}",
             f"reason: {self.reason}",
         ]
         return "\n".join(lines)
@@ -219,6 +222,7 @@ def _cpu_plan(info: DeviceInfo, use_bf16: bool | None) -> tuple[RuntimePlan, lis
         pin_memory=False,
         torch_threads=max(1, info.cpu_count),
         reason="",
+        keep_host_heap=platform.system() == "Linux",  # activations live in host memory
     )
     return plan, notes
 
@@ -296,8 +300,11 @@ def plan_runtime(
 
 
 def apply_runtime(plan: RuntimePlan) -> None:
-    """Set torch's process-wide switches (TF32, cuDNN autotuning, CPU threads) from ``plan``."""
+    """Set the process-wide switches (TF32, cuDNN autotuning, CPU threads, host heap)."""
     import torch
+
+    if plan.keep_host_heap:
+        keep_freed_host_memory()
 
     torch.backends.cuda.matmul.allow_tf32 = plan.tf32
     torch.backends.cudnn.allow_tf32 = plan.tf32

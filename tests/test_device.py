@@ -146,11 +146,12 @@ def test_describe_names_every_choice(info):
         "channels_last",
         "pin_memory",
         "torch threads",
+        "host heap",
         "reason",
     ):
         assert word in text
     assert f"num_workers: {plan.num_workers}" in text
-    assert len(text.splitlines()) == 11
+    assert len(text.splitlines()) == 12
 
 
 def test_prepare_environment_sets_openmp_defaults_without_cuda(monkeypatch):
@@ -211,3 +212,8 @@ def test_cuda_autocast_and_scaler_follow_the_plan():
     assert y.dtype == getattr(torch, plan.amp_dtype)
     assert make_grad_scaler(plan).is_enabled() == plan.use_grad_scaler
     assert isinstance(plan, RuntimePlan)
+
+
+def test_only_a_cpu_plan_on_linux_keeps_the_host_heap():
+    assert plan_runtime(CPU).keep_host_heap == sys.platform.startswith("linux")
+    assert not plan_runtime(A100_80).keep_host_heap  # activations live on the GPU
