@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrieval.errors import InputError
-from retrieval.host_memory import keep_freed_host_memory
+from retrieval.host_memory import heap_can_be_kept, keep_freed_host_memory
 
 if TYPE_CHECKING:
     import torch
@@ -222,7 +222,7 @@ def _cpu_plan(info: DeviceInfo, use_bf16: bool | None) -> tuple[RuntimePlan, lis
         pin_memory=False,
         torch_threads=max(1, info.cpu_count),
         reason="",
-        keep_host_heap=platform.system() == "Linux",  # activations live in host memory
+        keep_host_heap=heap_can_be_kept(),  # activations live in host memory
     )
     return plan, notes
 

@@ -20,13 +20,18 @@ _M_MMAP_MAX = -4
 _TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes a C int
 
 
+def heap_can_be_kept() -> bool:
+    """Linux, where the user has not tuned malloc through ``GLIBC_TUNABLES`` themselves."""
+    return sys.platform.startswith("linux") and "malloc" not in os.environ.get("GLIBC_TUNABLES", "")
+
+
 def keep_freed_host_memory() -> bool:
     """Ask glibc to reuse freed memory instead of unmapping it; True when it took effect.
 
-    Does nothing off Linux, on a C library without ``mallopt`` (musl answers 0), or when the
-    user tuned malloc themselves through ``GLIBC_TUNABLES``.
+    Does nothing where ``heap_can_be_kept()`` says no, or on a C library without
+    ``mallopt`` (musl answers 0).
     """
-    if not sys.platform.startswith("linux") or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+    if not heap_can_be_kept():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on

@@ -214,6 +214,10 @@ def test_cuda_autocast_and_scaler_follow_the_plan():
     assert isinstance(plan, RuntimePlan)
 
 
-def test_only_a_cpu_plan_on_linux_keeps_the_host_heap():
+def test_only_a_cpu_plan_on_linux_keeps_the_host_heap(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert plan_runtime(CPU).keep_host_heap == sys.platform.startswith("linux")
     assert not plan_runtime(A100_80).keep_host_heap  # activations live on the GPU
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")  # the user's own choice
+    assert not plan_runtime(CPU).keep_host_heap
+    assert "host heap: default" in plan_runtime(CPU).describe()
