@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,9 +11,12 @@ import train
 from retrieval.config import RunConfig, build_run_config, load_config_file
 from retrieval.errors import InputError
 
+NO_RUN = Path(__file__).parent / "no-run-here"  # never created: nothing to resume from
+
 
 def resolved(argv: list[str]) -> RunConfig:
-    args = train.build_parser().parse_args(argv)
+    """The config train.py would build, away from any run in the current folder."""
+    args = train.build_parser().parse_args(["--workdir", str(NO_RUN), *argv])
     return build_run_config(train.resolve_values(args), workdir=args.workdir)
 
 
@@ -110,7 +114,7 @@ def test_demo_preset_generates_its_data_under_the_workdir(tmp_path, monkeypatch)
     from retrieval.presets import materialize_preset
 
     monkeypatch.chdir(tmp_path)
-    cfg = resolved(["--preset", "demo"])
+    cfg = resolved(["--preset", "demo", "--workdir", "."])
     assert cfg.data.data == str(tmp_path / "demo_data")
     monkeypatch.setattr("retrieval.data.demo.make_demo_dataset", lambda root: root.mkdir())
     materialize_preset("demo", tmp_path, cfg.data.data)
