@@ -41,7 +41,11 @@ def model_fingerprint(model_hash: str, backbone: str, image_size: int) -> str:
 
 def load_inference_model(path: Path, plan: RuntimePlan) -> LoadedModel:
     """Rebuild the embedding model of checkpoint ``path`` on ``plan.device``."""
-    state = ckpt.load_checkpoint(path)
+    return inference_model_from_state(ckpt.load_checkpoint(path), path, plan)
+
+
+def inference_model_from_state(state: dict, path: Path, plan: RuntimePlan) -> LoadedModel:
+    """The embedding model of a checkpoint dict already read from ``path``."""
     model = build_embedding_model(
         state["backbone"],
         embedding_dim=state["embedding_dim"],

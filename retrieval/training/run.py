@@ -107,9 +107,10 @@ def _choose_eval_size(
 ) -> None:
     """Record in ``best`` the size val prefers (retrieval.eval_size); search reads it there."""
     from retrieval.eval_size import choose_eval_size, store_choice
-    from retrieval.inference import load_inference_model
+    from retrieval.inference import inference_model_from_state
 
-    loaded = load_inference_model(best, plan)
+    state = ckpt.load_checkpoint(best)
+    loaded = inference_model_from_state(state, best, plan)
     choice = choose_eval_size(
         loaded.model,
         prepared.train,
@@ -119,7 +120,7 @@ def _choose_eval_size(
         plan=plan,
         batch_size=cfg.train.eval_batch_size,
     )
-    ckpt.save_atomic(store_choice(ckpt.load_checkpoint(best), choice), best)
+    ckpt.save_atomic(store_choice(state, choice), best)
     print(choice.describe(), flush=True)
 
 
