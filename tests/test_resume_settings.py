@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import TINY_TRAIN_ARGS, train_tiny
 
 import train
@@ -93,3 +94,17 @@ def test_an_unreadable_stored_config_names_the_file_and_the_way_out(tmp_path, te
     path.write_text(text)
     with pytest.raises(InputError, match=r"config\.json cannot be read.*--fresh"):
         stored_run_values(path)
+
+
+def test_a_resumed_run_trains_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    # loader workers: their own random states restart with each run, so only keyed
+    # augmentation (retrieval.data.dataset.KeyedDataset) makes the two runs see the same pixels
+    workers = ("--num_workers", "2")
+    _, whole = train_tiny(tmp_path / "whole", epochs=3, extra=workers)
+    _, split = train_tiny(tmp_path / "split", epochs=2, extra=workers)
+    assert train.main(["--workdir", str(split), "--epochs", "3", *workers]) == 0
+    latest = [
+        ckpt.load_checkpoint(w / "checkpoints" / ckpt.LATEST)["model"] for w in (whole, split)
+    ]
+    assert latest[0].keys() == latest[1].keys()
+    assert all(torch.equal(latest[0][name], latest[1][name]) for name in latest[0])

@@ -149,4 +149,18 @@ def test_epoch_stream_yields_consecutive_epochs_in_order():
     stream = iter(EpochStream(PKSampler(labels, p=3, k=2, seed=4), start_epoch=2))
     for epoch in (2, 3, 4):
         sampler.set_epoch(epoch)
-        assert [next(stream) for _ in range(per_epoch)] == list(sampler)
+        batches = [next(stream) for _ in range(per_epoch)]
+        assert [[index for index, _ in batch] for batch in batches] == list(sampler)
+
+
+def test_epoch_stream_keys_depend_on_the_epoch_and_batch_not_on_where_the_stream_started():
+    labels = [c for c in range(6) for _ in range(3)]
+    from_zero = iter(EpochStream(PKSampler(labels, p=3, k=2, seed=4)))
+    per_epoch = len(PKSampler(labels, p=3, k=2, seed=4))
+    run = [next(from_zero) for _ in range(3 * per_epoch)]
+    resumed = iter(EpochStream(PKSampler(labels, p=3, k=2, seed=4), start_epoch=2))
+    assert [next(resumed) for _ in range(per_epoch)] == run[2 * per_epoch :]
+    keys = [key for batch in run for _, key in batch]
+    assert len(set(keys)) == len(keys)  # every draw of an image is augmented afresh
+    other_seed = iter(EpochStream(PKSampler(labels, p=3, k=2, seed=5)))
+    assert [key for _, key in next(other_seed)] != [key for _, key in run[0]]

@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from retrieval.data.dataset import UNKNOWN_LABEL, ImageDataset
+from retrieval.data.dataset import UNKNOWN_LABEL, ImageDataset, KeyedDataset
 from retrieval.data.images import NEUTRAL_BACKGROUND
 from retrieval.data.records import ImageRecord
 from retrieval.data.scan import scan_folder
@@ -144,3 +144,18 @@ def test_dataset_unknown_labels(tmp_path):
     x, y = ds[0]
     assert y == UNKNOWN_LABEL
     assert IMAGENET.apply(x[None])[0, :, :, 0].abs().max() < 0.01  # transparent edge: ~zero
+
+
+def test_keyed_dataset_augments_by_key_alone_in_any_loader_worker(tiny_data):
+    records = scan_folder(tiny_data)[:4]
+    keyed = KeyedDataset(ImageDataset(records, None, build_train_transform(32)))
+    before = torch.get_rng_state()
+    first, again, other = keyed[(0, 7)][0], keyed[(0, 7)][0], keyed[(0, 8)][0]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is untouched
+    batches = [[(i, 100 + i) for i in range(4)]]
+    pixels = [
+        next(iter(torch.utils.data.DataLoader(keyed, batch_sampler=batches, num_workers=n)))[0]
+        for n in (0, 2)
+    ]
+    assert torch.equal(pixels[0], pixels[1])

@@ -47,3 +47,25 @@ class ImageDataset(Dataset):
     def labels(self) -> list[int]:
         """Label index of every record, in order (-1 where unknown)."""
         return list(self._labels)
+
+
+class KeyedDataset(Dataset):
+    """``base[index]`` addressed as ``(index, key)``, with torch's RNG seeded from ``key``.
+
+    Why: the training transforms draw from torch's global generator, which in a loader worker
+    starts from a seed drawn when the loader iterator is made; keyed, an image's augmentation
+    depends on its key alone (see ``EpochStream``), so resumes and worker counts do not change
+    it. The caller's generator is left as it was (this also runs in the main process).
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, key = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            return self.base[index]

@@ -140,20 +140,29 @@ def _check_sizes(*, p: int, k: int, num_replicas: int, rank: int) -> None:
         )
 
 
-class EpochStream(Sampler[list[int]]):
+class EpochStream(Sampler[list[tuple[int, int]]]):
     """The batches of consecutive epochs, without end, from ``start_epoch`` on.
 
     One data-loader iterator then serves the whole run, so workers prefetch the next epoch's
     first batches while the current epoch ends; restarting the iterator every epoch leaves the
     GPU idle while one worker assembles a whole batch. The training loop takes ``len(sampler)``
     batches per epoch from it.
+
+    Each item is ``(dataset index, augmentation key)`` for a ``KeyedDataset``: the key comes
+    from (seed, epoch, rank, batch, position) only, so a resumed run augments every image as
+    the uninterrupted run would have, whatever the number of loader workers (their own random
+    states start afresh with each loader iterator).
     """
 
     def __init__(self, sampler: PKSampler, *, start_epoch: int = 0) -> None:
         self.sampler = sampler
         self.start_epoch = start_epoch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        s = self.sampler
         for epoch in itertools.count(self.start_epoch):
-            self.sampler.set_epoch(epoch)
-            yield from self.sampler
+            s.set_epoch(epoch)
+            for number, batch in enumerate(s):
+                entropy = (s.seed, epoch, s.rank, number)
+                keys = np.random.SeedSequence(entropy).generate_state(len(batch)).tolist()
+                yield list(zip(batch, keys, strict=True))

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from retrieval import checkpoint as ckpt
 from retrieval.config import RunConfig
-from retrieval.data.dataset import ImageDataset
+from retrieval.data.dataset import ImageDataset, KeyedDataset
 from retrieval.data.prepare import PreparedData
 from retrieval.data.sampler import EpochStream, PKSampler
 from retrieval.data.transforms import build_eval_transform, build_train_transform
@@ -136,7 +136,7 @@ class TrainingSession:
         self._batches: Iterator | None = None
         workers = self.plan.num_workers
         self.loader = DataLoader(
-            train_set,
+            KeyedDataset(train_set),
             batch_sampler=self.stream,
             num_workers=workers,
             pin_memory=self.plan.pin_memory,
