@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_flag(p, "bn_train", "update backbone BatchNorm statistics (off: frozen)")
     p.add_argument("--pooling", choices=POOLINGS, help="global pooling (default avg)")
     p.add_argument(
+        "--frozen_stages",
+        type=int,
+        help="the backbone's stem and first N stages stay frozen after the warm-up too "
+        "(default 0: the whole backbone fine-tunes)",
+    )
+    p.add_argument(
         "--input_norm",
         choices=INPUT_NORMS,
         help="pixel mean/std: the backbone's own, as its weights were trained (default), or "

@@ -65,8 +65,10 @@ class ModelConfig:
     bn_train: bool = False  # update backbone BatchNorm statistics (hurts on small P x K batches)
     pooling: str = "avg"  # avg | gem (generalised mean, learnable p)
     input_norm: str = "backbone"  # the pixel statistics its weights were trained with
+    frozen_stages: int = 0  # stem + this many backbone stages stay frozen after the warm-up
 
     def __post_init__(self) -> None:
+        _require(self.frozen_stages >= 0, f"--frozen_stages must be >= 0, got {self.frozen_stages}")
         _require(self.embedding_dim >= 2, f"embedding_dim must be >= 2, got {self.embedding_dim}")
         _require(self.pooling in POOLINGS, f"--pooling must be one of {POOLINGS}")
         _require(self.input_norm in INPUT_NORMS, f"--input_norm must be one of {INPUT_NORMS}")

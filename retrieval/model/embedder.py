@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.models import group_parameters
 from torch import nn
 
 from retrieval.errors import InputError
@@ -30,7 +31,8 @@ class EmbeddingModel(nn.Module):
     from the data set's, and updating the running estimates from them wrecked re-ID quality
     (measured 0.75-0.80 mAP against 0.96-0.98 with them frozen). The BN affine weights still
     train. While the backbone is frozen (phase 1, ``set_backbone_trainable(False)``) the whole
-    backbone stays in eval mode, dropout and stochastic depth included.
+    backbone stays in eval mode, dropout and stochastic depth included; so does every part
+    left frozen in phase 2 (``frozen_stages``).
 
     ``pooling="gem"`` expects a backbone that returns feature maps (timm ``global_pool=""``,
     see ``build_embedding_model``); its ``pool.p`` belongs to the head side with the neck:
@@ -90,14 +92,21 @@ class EmbeddingModel(nn.Module):
                 "use --pooling avg with this backbone, or a CNN backbone"
             )
 
-    def set_backbone_trainable(self, trainable: bool) -> None:
-        """Freeze (phase 1) or unfreeze (phase 2) every backbone parameter.
+    def set_backbone_trainable(self, trainable: bool, *, frozen_stages: int = 0) -> None:
+        """Freeze (phase 1) or unfreeze (phase 2) the backbone's parameters.
 
-        The neck and the pooling (GeM's p) are not backbone: they train in both phases.
+        ``frozen_stages`` > 0 keeps the stem and the first that many stages frozen when
+        unfreezing: the input-side layers hold the generic ImageNet filters, and no gradient
+        flows back through them (``backbone_stages``). The neck and the pooling (GeM's p) are
+        not backbone: they train in both phases.
         """
         self._backbone_trainable = trainable
         for param in self.backbone.parameters():
             param.requires_grad_(trainable)
+        if trainable and frozen_stages:
+            for stage in backbone_stages(self.backbone, self.backbone_name)[: frozen_stages + 1]:
+                for param in stage:
+                    param.requires_grad_(False)
         self.train(self.training)  # re-apply the eval/train modes of the backbone
 
     @property
@@ -109,9 +118,47 @@ class EmbeddingModel(nn.Module):
         super().train(mode)
         if mode and not self._backbone_trainable:
             self.backbone.eval()
-        elif mode and not self.bn_train:
-            freeze_batchnorm(self.backbone)
+        elif mode:
+            _frozen_parts_to_eval(self.backbone)
+            if not self.bn_train:
+                freeze_batchnorm(self.backbone)
         return self
+
+
+def backbone_stages(backbone: nn.Module, name: str) -> list[list[nn.Parameter]]:
+    """The backbone's parameters by stage, input side first: the stem, then each stage.
+
+    timm's coarse parameter groups (``group_matcher(coarse=True)``): for EfficientNets the
+    stem and the seven block stages (the head convolution joins the last), for ResNets the
+    stem and the four layers.
+    """
+    matcher = getattr(backbone, "group_matcher", None)
+    if matcher is None:
+        raise InputError(
+            f"--frozen_stages: timm backbone {name!r} does not name its stages "
+            "(no group_matcher); use --frozen_stages 0 with this backbone"
+        )
+    params = dict(backbone.named_parameters())
+    groups = group_parameters(backbone, matcher(coarse=True))
+    return [[params[key] for key in keys] for keys in groups.values()]
+
+
+def check_frozen_stages(backbone: nn.Module, name: str, frozen_stages: int) -> None:
+    """At least the last stage must train: say how many this backbone has."""
+    stages = len(backbone_stages(backbone, name)) - 1  # without the stem
+    if not 0 <= frozen_stages < stages:
+        raise InputError(
+            f"--frozen_stages {frozen_stages}: backbone {name!r} has {stages} stages after its "
+            f"stem; choose 0 (all train) to {stages - 1} (only the last stage trains)"
+        )
+
+
+def _frozen_parts_to_eval(backbone: nn.Module) -> None:
+    """Every module whose parameters are all frozen to eval mode (dropout, drop-path too)."""
+    for module in backbone.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

@@ -26,7 +26,7 @@ from retrieval.device import RuntimePlan, make_grad_scaler
 from retrieval.errors import InputError
 from retrieval.metrics import RetrievalMetrics
 from retrieval.model.arcface import ArcFaceHead, dynamic_margins
-from retrieval.model.embedder import build_embedding_model
+from retrieval.model.embedder import build_embedding_model, check_frozen_stages
 from retrieval.training.distributed import DistContext, barrier, broadcast_object, device_for
 from retrieval.training.ema import build_ema
 from retrieval.training.epoch_log import append_epoch_row, epoch_line
@@ -77,6 +77,7 @@ class TrainingSession:
             pooling=m.pooling,
             input_norm=m.input_norm,
         )
+        check_frozen_stages(self.model.backbone, m.backbone, m.frozen_stages)
         self.head = ArcFaceHead(
             m.embedding_dim,
             len(self.prepared.class_to_idx),
@@ -340,7 +341,9 @@ class TrainingSession:
                     epoch, warmup_epochs=cfg.loss.warmup_epochs, margin_rad=cfg.loss.margin_rad
                 )
                 if phase != current_phase:
-                    self.model.set_backbone_trainable(phase.backbone_trainable)
+                    self.model.set_backbone_trainable(
+                        phase.backbone_trainable, frozen_stages=cfg.model.frozen_stages
+                    )
                     self.head.margin_rad = phase.margin_rad
                     step_module, current_phase = self._step_module(phase.backbone_trainable), phase
                 started = time.perf_counter()
