@@ -4,6 +4,9 @@ Both measurements run in one process, on the same model, optimiser, batch, preci
 ``train_one_epoch`` function; the bare step feeds synthetic tensors that already sit on the
 device, so the ratio real/bare is the share of GPU speed the input pipeline keeps (issue 3 asks
 for >= 0.9). Also prints what device auto-detection chose and the peak GPU memory.
+``--frozen_stages N`` adds a third measurement, the bare step with the stem and the first N
+stages frozen (as ``train.py --frozen_stages N`` trains after the warm-up), and its speed
+relative to the whole backbone training.
 
     python bench/train_throughput.py --data ../shared/data/dogfacenet --batches 40
 """
@@ -34,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=8, help="untimed batches first")
     p.add_argument("--num_workers", type=int, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--frozen_stages", type=int, default=0, help="also time this many frozen")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     return p.parse_args(argv)
 
@@ -48,6 +52,7 @@ def measure(session, batches, *, count: int, warmup: int, epoch: int) -> float:
             plan=session.plan,
             accum_steps=session.accum_steps,
             device=session.device,
+            input_norm=session.model.input_norm,
             progress=False,
             max_batches=n,
         )
@@ -110,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     bare = measure(session, bare_batches, count=args.batches, warmup=args.warmup, epoch=0)
     # the training run's own batch stream: epochs follow each other without a refill stall
     real = measure(session, session.batches(1), count=args.batches, warmup=args.warmup, epoch=1)
+    frozen = {}
+    if args.frozen_stages:
+        session.model.set_backbone_trainable(True, frozen_stages=args.frozen_stages)
+        batches = iter(synthetic_batches(session, n))
+        speed = measure(session, batches, count=args.batches, warmup=args.warmup, epoch=2)
+        frozen = {
+            "frozen_stages": args.frozen_stages,
+            "bare_frozen_images_per_s": round(speed, 1),
+            "ratio_bare_frozen_over_bare": round(speed / bare, 3),
+        }
     result = {
         "device": plan.device,
         "plan": plan.describe(),
@@ -121,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "bare_images_per_s": round(bare, 1),
         "real_images_per_s": round(real, 1),
         "ratio_real_over_bare": round(real / bare, 3),
+        **frozen,
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if plan.device == "cuda"
         else None,

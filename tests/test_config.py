@@ -86,6 +86,7 @@ def test_nested_config_file_is_accepted(tmp_path):
         ({"lr_ramp_epochs": -1.0}, "--lr_ramp_epochs"),
         ({"lr_ramp_epochs": 1.0, "scheduler": "plateau"}, "--lr_ramp_epochs needs"),
         ({"random_erasing": 1.5}, "--random_erasing"),
+        ({"frozen_stages": -1}, "--frozen_stages"),
         ({"unknown_key": 1}, "unknown config keys"),
     ],
 )

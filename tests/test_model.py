@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from retrieval.errors import InputError
-from retrieval.model.embedder import EmbeddingModel, build_embedding_model
+from retrieval.model.embedder import (
+    EmbeddingModel,
+    backbone_stages,
+    build_embedding_model,
+    check_frozen_stages,
+)
 
 # Tiny random-init timm models; mobilenetv3 has head_hidden_size != num_features.
 BACKBONES = ["test_efficientnet", "test_resnet", "mobilenetv3_small_050"]
@@ -93,6 +98,48 @@ def test_frozen_backbone_is_in_eval_mode_and_gets_no_gradient():
     model.set_backbone_trainable(True)
     assert all(p.requires_grad for p in model.backbone.parameters())
     assert all(m.training for m in _bn_layers(model))  # bn_train=True: BN trains again
+
+
+@pytest.mark.parametrize(("backbone", "frozen", "first_trained"), [
+    ("test_efficientnet", 2, "blocks.2."),
+    ("test_resnet", 1, "layer2."),
+])  # fmt: skip
+def test_frozen_stages_stay_frozen_and_in_eval_mode_after_the_warm_up(
+    backbone, frozen, first_trained
+):
+    model = build_embedding_model(backbone, pretrained="none", bn_train=True)
+    model.set_backbone_trainable(False)
+    model.set_backbone_trainable(True, frozen_stages=frozen)
+    model.train()
+    names = [name for name, _ in model.backbone.named_parameters()]
+    trained = [name for name, p in model.backbone.named_parameters() if p.requires_grad]
+    assert trained == names[names.index(trained[0]) :]  # one frozen prefix, input side first
+    assert trained[0].startswith(first_trained)
+    assert len(names) > len(trained) > 0
+    frozen_modules = [m for m in model.backbone.modules() if list(m.parameters())]
+    frozen_modules = [m for m in frozen_modules if not any(p.requires_grad for p in m.parameters())]
+    assert frozen_modules and not any(m.training for m in frozen_modules)
+    assert any(m.training for m in _bn_layers(model))  # bn_train: the trained stages' BN trains
+    model(_images()).sum().backward()
+    grads = {name: p.grad for name, p in model.backbone.named_parameters()}
+    assert all(grads[name] is None for name in names if name not in trained)
+    assert all(grads[name] is not None for name in trained)
+
+    model.set_backbone_trainable(True)  # 0: the whole backbone trains again
+    assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_frozen_stages_beyond_the_last_stage_name_the_range():
+    model = build_embedding_model("test_efficientnet", pretrained="none")
+    stages = len(backbone_stages(model.backbone, "test_efficientnet")) - 1
+    check_frozen_stages(model.backbone, "test_efficientnet", stages - 1)
+    with pytest.raises(InputError, match=rf"has {stages} stages.*0 \(all train\) to {stages - 1}"):
+        check_frozen_stages(model.backbone, "test_efficientnet", stages)
+
+
+def test_a_backbone_without_named_stages_is_a_clean_refusal():
+    with pytest.raises(InputError, match="--frozen_stages 0"):
+        backbone_stages(nn.Sequential(nn.Conv2d(3, 4, 3)), "plain_sequential")
 
 
 def test_eval_mode_is_plain_eval():

@@ -50,6 +50,27 @@ def test_head_lr_mult_trains_the_head_faster_and_refuses_a_mismatched_resume(tmp
     assert "resume with --head_lr_mult 10" in capsys.readouterr().err
 
 
+def test_frozen_stages_leave_the_stem_and_early_stages_as_they_started(tmp_path, capsys):
+    from retrieval.model.embedder import backbone_stages, build_embedding_model
+
+    _, workdir = train_tiny(tmp_path, epochs=2, extra=("--frozen_stages", "2"))
+    state = ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")
+    assert state["config"]["model"]["frozen_stages"] == 2
+    model = build_embedding_model("test_efficientnet", pretrained="none")
+    model.load_state_dict(state["model"])
+    torch.manual_seed(42)  # the trainer's seed: the same random initial weights
+    start = build_embedding_model("test_efficientnet", pretrained="none")
+    stages = zip(*(backbone_stages(m.backbone, "") for m in (model, start)), strict=True)
+    moved = [any(not torch.equal(a, b) for a, b in zip(*pair, strict=True)) for pair in stages]
+    assert moved[:3] == [False, False, False]  # stem and stages 1-2 exactly as initialised
+    assert any(moved[3:])  # the later stages trained
+    data = tmp_path / "data"
+    argv = ["--data", str(data), "--workdir", str(tmp_path / "w2"), "--fresh", *TINY_TRAIN_ARGS]
+    capsys.readouterr()
+    assert train.main([*argv, "--epochs", "1", "--frozen_stages", "9"]) == 2
+    assert "--frozen_stages 9" in capsys.readouterr().err
+
+
 def test_warmup_lr_mult_runs_the_frozen_warmup_at_its_own_rate(tmp_path):
     _, workdir = train_tiny(tmp_path, epochs=2, extra=("--warmup_lr_mult", "10"))
     with (workdir / "checkpoints" / "train_log.csv").open() as handle:
