@@ -137,9 +137,11 @@ def test_frozen_stages_beyond_the_last_stage_name_the_range():
         check_frozen_stages(model.backbone, "test_efficientnet", stages)
 
 
-def test_a_backbone_without_named_stages_is_a_clean_refusal():
+def test_a_backbone_without_named_stages_trains_whole_and_refuses_frozen_stages():
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3))
+    check_frozen_stages(backbone, "plain_sequential", 0)  # the default needs no stage names
     with pytest.raises(InputError, match="--frozen_stages 0"):
-        backbone_stages(nn.Sequential(nn.Conv2d(3, 4, 3)), "plain_sequential")
+        check_frozen_stages(backbone, "plain_sequential", 1)
 
 
 def test_eval_mode_is_plain_eval():

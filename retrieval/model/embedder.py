@@ -145,6 +145,8 @@ def backbone_stages(backbone: nn.Module, name: str) -> list[list[nn.Parameter]]:
 
 def check_frozen_stages(backbone: nn.Module, name: str, frozen_stages: int) -> None:
     """At least the last stage must train: say how many this backbone has."""
+    if frozen_stages == 0:  # nothing to look up: any backbone trains whole
+        return
     stages = len(backbone_stages(backbone, name)) - 1  # without the stem
     if not 0 <= frozen_stages < stages:
         raise InputError(
