@@ -52,6 +52,7 @@ VARIANTS: dict[str, list[str]] = {
     "imprint_imagenet": ["--head_init", "imprint", "--input_norm", "imagenet"],  # the old input
     "imprint_gem": ["--head_init", "imprint", "--pooling", "gem"],  # GeM on the defaults
     "imprint_triplet": ["--head_init", "imprint", "--triplet_weight", "1"],  # + batch-hard triplet
+    "imprint_dynamic": ["--head_init", "imprint", "--dynamic_margins"],  # per-class margins
     # the stem and the first 3 stages (to stride 8) frozen after the warm-up too
     "imprint_frozen3": ["--head_init", "imprint", "--frozen_stages", "3"],
     "imprint_ramp": ["--head_init", "imprint", "--lr_ramp_epochs", "1"],  # phase-2 lr ramp
