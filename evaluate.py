@@ -1,7 +1,8 @@
 """Evaluate a trained model: ``python evaluate.py --split test`` (SPEC 4).
 
 Gallery = train split (the saved gallery), queries = the chosen split. Prints Recall@1/5, mAP,
-identity-balanced mAP and the voted decision's accuracy/coverage; writes results/ and figures.
+identity-balanced mAP and how the product's answers do (the rule chosen on val, accuracy,
+coverage at the target accuracy, AURC, ECE); writes results/ and figures.
 """
 
 from __future__ import annotations
@@ -10,12 +11,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.cli import add_bool_flag, add_workdir_args, cli_main, workspace_from_args
+from retrieval.cli import (
+    add_bool_flag,
+    add_target_accuracy,
+    add_workdir_args,
+    cli_main,
+    workspace_from_args,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
     add_workdir_args(p)
+    add_target_accuracy(p)
     p.add_argument("--split", choices=["val", "test"], default="test", help="query split")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="flip TTA (off)")
     p.add_argument(
@@ -49,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from retrieval.calibration.policy import describe_policy
     from retrieval.evaluation import evaluate_split, format_report, write_outputs
+    from retrieval.report.selective import outcomes, write_selective
     from retrieval.workspace import prepare_for
 
     workdir = Path(args.workdir)
@@ -57,20 +67,27 @@ def _run(args: argparse.Namespace) -> int:
     prepared = prepare_for(ws.loaded, workdir, data=args.data, image_root=args.image_root)
     queries = prepared.val if args.split == "val" else prepared.test
     if args.rerank == "qe":
-        from retrieval.expansion import ensure_expansion
+        from retrieval.calibration.gallery_policy import ensure_expansion
 
         print(ensure_expansion(ws, prepared.val).describe())
         if args.split == "val":
             print("  note: val chose these parameters, so its figures below are optimistic")
-    report, arrays = evaluate_split(ws, queries, split=args.split, expand=args.rerank == "qe")
+    expand = args.rerank == "qe"
+    policy = ws.gallery.policy_for(expand=expand)
+    print(describe_policy(policy))
+    report, arrays = evaluate_split(ws, queries, split=args.split, expand=expand)
     results = workdir / "results"
+    figures = results / "figures" if args.figures is not False else None
     files = write_outputs(ws, report, results)
-    if args.figures is not False:
+    files += write_selective(
+        *outcomes(report.decisions, report.truth), results, figures, args.split
+    )
+    if figures is not None:
         from retrieval.data.images import load_rgb
         from retrieval.report.figures import save_figures
 
         files += save_figures(
-            results / "figures",
+            figures,
             split=args.split,
             class_names=ws.gallery.class_names,
             per_class_ap=report.metrics.per_class_ap,
@@ -78,19 +95,20 @@ def _run(args: argparse.Namespace) -> int:
             image_loader=load_rgb,
             **arrays,
         )
-    print(format_report(report))
+    print(format_report(report, policy))
     if args.open_set:
-        files.append(_open_set(ws, prepared, queries, args, results))
+        files += _open_set(ws, prepared, queries, args, results, figures)
     if args.flip_check:
         files.append(_flip_check(ws, [*prepared.train, *queries], args.split, results))
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 
-def _open_set(ws, prepared, queries, args: argparse.Namespace, results: Path) -> Path:
+def _open_set(ws, prepared, queries, args: argparse.Namespace, results: Path, figures):
     from retrieval.config import RunConfig
     from retrieval.open_set_report import format_open_set_report
     from retrieval.open_set_run import run_open_set, save_open_set
+    from retrieval.report.selective import format_selective
 
     settings = {
         "fraction": args.open_set_fraction,
@@ -99,7 +117,8 @@ def _open_set(ws, prepared, queries, args: argparse.Namespace, results: Path) ->
     }
     run = run_open_set(ws, val=prepared.val, queries=queries, split=args.split, **settings)
     print(format_open_set_report(run.report))
-    return save_open_set(ws, run, split=args.split, results=results, **settings)
+    print(format_selective(run.selective, run.policy))
+    return save_open_set(ws, run, split=args.split, results=results, figures=figures, **settings)
 
 
 def _flip_check(ws, records, split: str, results: Path) -> Path:

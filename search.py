@@ -1,7 +1,8 @@
 """Who is this? ``python search.py image.png`` / ``python search.py --pairs test.csv`` (SPEC 5).
 
-Answers each photo with its top-K gallery matches and a voted class, or "unclassifiable"
-(reshoot recommended); the pairs mode writes a Kaggle ``row_id,similarity`` submission.
+Answers each photo with its top-K gallery matches and one named individual with a calibrated
+confidence, or "unclassifiable" with the reason; the pairs mode writes a Kaggle
+``row_id,similarity`` submission.
 """
 
 from __future__ import annotations
@@ -10,13 +11,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.cli import add_bool_flag, add_workdir_args, cli_main, workspace_from_args
+from retrieval.cli import (
+    add_bool_flag,
+    add_target_accuracy,
+    add_workdir_args,
+    cli_main,
+    workspace_from_args,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="search.py", description=__doc__.splitlines()[0])
     p.add_argument("images", nargs="*", help="image files or folders to identify")
     add_workdir_args(p)
+    add_target_accuracy(p)
     p.add_argument("--top_k", type=int, default=5, help="matches to show per image")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--pairs", help="CSV row_id,query_image,gallery_image to score")
@@ -112,7 +120,7 @@ def _onnx_workspace(args: argparse.Namespace, workdir: Path):
 
 def _expansion(ws, args: argparse.Namespace, workdir: Path):
     """The gallery's query expansion; chosen on the checkpoint's val split on first use."""
-    from retrieval.expansion import ensure_expansion
+    from retrieval.calibration.gallery_policy import ensure_expansion
 
     val = None  # stored already, or --onnx: no torch to read the split with
     if ws.gallery.expansion is None and not args.onnx:
@@ -129,7 +137,8 @@ def _change_gallery(ws, args: argparse.Namespace) -> int:
         root = Path(args.image_root) if args.image_root else None
         print(format_enroll(enroll(ws, Path(args.enroll), image_root=root)))
     if args.remove:
-        print(f"removed {remove(ws, args.remove)} image(s) of {args.remove}")
+        removed, note = remove(ws, args.remove)
+        print(f"removed {removed} image(s) of {args.remove}\n{note}")
     print(f"gallery: {ws.gallery.size} images, {len(ws.gallery.class_names)} classes")
     return 0
 

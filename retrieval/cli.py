@@ -52,6 +52,24 @@ def add_workdir_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True
         )
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], e.g. 0.95; got {text}")
+    return value
+
+
+def add_target_accuracy(parser: argparse.ArgumentParser) -> None:
+    """``--target_accuracy``: the accuracy accepted answers keep (SPEC 5.3)."""
+    parser.add_argument(
+        "--target_accuracy",
+        type=_probability,
+        default=None,
+        help="accuracy to keep on accepted answers; the reject threshold is chosen on val for "
+        "it (default: the stored policy's, 0.95 for a new gallery)",
+    )
+
+
 def default_checkpoint(workdir: str | Path, checkpoint: str | None) -> Path:
     """The checkpoint a CLI uses: the flag's, or the run's best model."""
     if checkpoint:
@@ -71,6 +89,7 @@ def workspace_from_args(args: argparse.Namespace, **extra):
         batch_size=args.batch_size,
         rebuild=args.rebuild_gallery,
         device=args.device or "auto",
+        target_accuracy=getattr(args, "target_accuracy", None),
         **extra,
     )
 

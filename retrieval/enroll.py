@@ -15,7 +15,7 @@ from retrieval.config import RunConfig
 from retrieval.data.images import check_images
 from retrieval.data.scan import load_records
 from retrieval.errors import InputError
-from retrieval.workspace import Workspace
+from retrieval.workspace import Workspace, refresh_policy
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class EnrollSummary:
     already_enrolled: int
     excluded_small: int
     unreadable: int
+    policy_note: str = ""
 
 
 def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> EnrollSummary:
@@ -52,6 +53,7 @@ def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> En
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
     )
+    note = refresh_policy(ws, why=f"enrolled {len(fresh)} photo(s)") if fresh else ""
     ws.gallery.save(ws.gallery_root)
     return EnrollSummary(
         added=len(fresh),
@@ -59,11 +61,13 @@ def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> En
         already_enrolled=len(check.kept) - len(fresh),
         excluded_small=sum(len(v) for v in check.too_small.values()),
         unreadable=len(check.unreadable),
+        policy_note=note,
     )
 
 
-def remove(ws: Workspace, class_name: str) -> int:
-    """Remove every gallery item of ``class_name``; returns how many were removed."""
+def remove(ws: Workspace, class_name: str) -> tuple[int, str]:
+    """Remove every gallery item of ``class_name``; returns how many were removed and what
+    became of the decision policy (chosen again on val without that individual)."""
     removed = ws.gallery.remove_class(class_name)
     if removed == 0:
         raise InputError(f"class {class_name!r} has no items left in the gallery")
@@ -75,8 +79,9 @@ def remove(ws: Workspace, class_name: str) -> int:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
     )
+    note = refresh_policy(ws, why=f"removed {class_name}")
     ws.gallery.save(ws.gallery_root)
-    return removed
+    return removed, note
 
 
 def format_enroll(summary: EnrollSummary) -> str:
@@ -91,4 +96,5 @@ def format_enroll(summary: EnrollSummary) -> str:
         (summary.unreadable, "unreadable"),
     ]
     extra = [f"{n} {why}" for n, why in skipped if n]
-    return line + (f" (skipped: {', '.join(extra)})" if extra else "")
+    line += f" (skipped: {', '.join(extra)})" if extra else ""
+    return line + (f"\n{summary.policy_note}" if summary.policy_note else "")

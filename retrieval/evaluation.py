@@ -1,6 +1,8 @@
-"""The evaluation report (SPEC 4): retrieval metrics, the voted decision, and saved outputs.
+"""The evaluation report (SPEC 4): retrieval metrics, the product's decisions, saved outputs.
 
-Gallery = train-split embeddings (the saved gallery), queries = the val or test split.
+Gallery = train-split embeddings (the saved gallery), queries = the val or test split. The
+decisions come from the same ``decide`` and stored policy as ``search.py``, so what is
+measured here is what a user is answered.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import numpy as np
 
 from retrieval.config import RunConfig
 from retrieval.data.records import ImageRecord, labels_of
-from retrieval.decision import accuracy_coverage, vote_batch
 from retrieval.embed import EmbedTimer
-from retrieval.io import write_json_atomic
+from retrieval.io import atomic_path, write_json_atomic
 from retrieval.metrics import RetrievalMetrics, confusion_pairs, evaluate_retrieval
-from retrieval.workspace import VOTE_TOP_N, Workspace
+from retrieval.report.selective import SelectiveReport, format_selective, selective_report
+from retrieval.serving.decide import Decision, decide, predicted_labels
+from retrieval.serving.evidence import gallery_evidence
+from retrieval.workspace import Workspace
 
 BENCHMARK_COLUMNS = (
     "timestamp",
@@ -46,11 +50,12 @@ BENCHMARK_COLUMNS = (
 class EvaluationReport:
     split: str
     metrics: RetrievalMetrics
-    decision_accuracy: float
-    decision_coverage: float
+    selective: SelectiveReport
+    decisions: list[Decision]
+    query_paths: list[str]
+    truth: np.ndarray  # (Q,) int64 class of each query
     confusions: list[tuple[str, str, int]]
     inference_images_per_s: float
-    files: list[Path]
     expansion: dict | None = None  # --rerank qe: what val chose (GalleryExpansion.to_dict)
 
 
@@ -72,24 +77,26 @@ def evaluate_split(
     query_embeddings = ws.embed(known, desc=f"{split}: queries", progress=progress, timer=timer)
     truth = labels_of(known, c2i)
     gallery = ws.gallery
+    plain = query_embeddings
     query_embeddings, index = gallery.search_space(query_embeddings, expand=expand)
     gallery_labels = gallery.labels_by_id[index.ids()]
     metrics = evaluate_retrieval(query_embeddings, truth, index.reconstruct_all(), gallery_labels)
-    hits = gallery.label_hits(index.search(query_embeddings, VOTE_TOP_N))
-    thresholds = gallery.vote_thresholds(expand=expand)
-    decisions = vote_batch(
-        hits.labels, hits.result.distances, top_n=VOTE_TOP_N, thresholds=thresholds
+    policy = gallery.policy_for(expand=expand)
+    # the plain embeddings: gallery_evidence applies the expansion itself, as search does
+    evidence, hits = gallery_evidence(
+        gallery, plain, expand=expand, need_means=policy.rule.needs_means
     )
-    accuracy, coverage = accuracy_coverage(decisions, truth)
-    predicted = np.array([-1 if d.label is None else d.label for d in decisions], dtype=np.int64)
+    decisions = decide(evidence, policy, class_names=gallery.class_names)
+    predicted = np.where([d.accepted for d in decisions], predicted_labels(decisions), -1)
     report = EvaluationReport(
         split=split,
         metrics=metrics,
-        decision_accuracy=accuracy,
-        decision_coverage=coverage,
-        confusions=confusion_pairs(truth, predicted, ws.gallery.class_names, top_n=10),
+        selective=selective_report(decisions, truth, policy),
+        decisions=decisions,
+        query_paths=[str(r.path) for r in known],
+        truth=truth,
+        confusions=confusion_pairs(truth, predicted, gallery.class_names, top_n=10),
         inference_images_per_s=timer.images_per_s,
-        files=[],
         expansion=gallery.expansion.to_dict() if expand else None,
     )
     arrays = {
@@ -103,7 +110,7 @@ def evaluate_split(
 
 
 def write_outputs(ws: Workspace, report: EvaluationReport, results: Path) -> list[Path]:
-    """metrics JSON, per-class CSV, and a row appended to benchmarks.csv."""
+    """metrics JSON, per-class CSV, per-query decisions CSV, and a row in benchmarks.csv."""
     results.mkdir(parents=True, exist_ok=True)
     names = ws.gallery.class_names
     m = report.metrics
@@ -115,8 +122,23 @@ def write_outputs(ws: Workspace, report: EvaluationReport, results: Path) -> lis
         writer.writerow(["class", "ap"])
         for label, ap in sorted(m.per_class_ap.items(), key=lambda item: -item[1]):
             writer.writerow([names[label], f"{ap:.6f}"])
+    decisions_path = _write_decisions(results / f"{report.split}_decisions.csv", report, names)
     _append_benchmark(results / "benchmarks.csv", _benchmark_row(ws, report))
-    return [metrics_path, per_class_path, results / "benchmarks.csv"]
+    return [metrics_path, per_class_path, decisions_path, results / "benchmarks.csv"]
+
+
+def _write_decisions(path: Path, report: EvaluationReport, names: list[str]) -> Path:
+    """One row per query: what search.py answers for that photo, beside the truth."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "true", "answer", "candidate", "confidence", "reason"])
+        for image, truth, d in zip(report.query_paths, report.truth, report.decisions, strict=True):
+            candidate = names[d.predicted] if d.predicted >= 0 else ""
+            answer = names[d.label] if d.accepted else "unclassifiable"
+            writer.writerow(
+                [image, names[truth], answer, candidate, f"{d.confidence:.6f}", d.reason]
+            )
+    return path
 
 
 def _metrics_json(ws: Workspace, report: EvaluationReport) -> dict:
@@ -130,12 +152,9 @@ def _metrics_json(ws: Workspace, report: EvaluationReport) -> dict:
         "recall_at_5": m.recall_at_5,
         "map": m.map,
         "identity_balanced_map": m.identity_balanced_map,
-        "decision": {
-            "accuracy_on_accepted": report.decision_accuracy,
-            "coverage": report.decision_coverage,
-            "thresholds": ws.gallery.vote_thresholds(expand=report.expansion is not None).to_dict(),
-            "top_n": VOTE_TOP_N,
-        },
+        "decision": report.selective.decision_dict(),
+        "coverage_at_accuracy": report.selective.coverage_at_accuracy,
+        "decision_policy": ws.gallery.policy_for(expand=report.expansion is not None).to_dict(),
         "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in report.confusions],
         "inference_images_per_s": report.inference_images_per_s,
         "tta": ws.tta,
@@ -164,8 +183,8 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
         "recall_at_5": f"{m.recall_at_5:.4f}",
         "best_identity_ap": f"{max(aps):.4f}",
         "worst_identity_ap": f"{min(aps):.4f}",
-        "decision_accuracy": f"{report.decision_accuracy:.4f}",
-        "decision_coverage": f"{report.decision_coverage:.4f}",
+        "decision_accuracy": f"{report.selective.accuracy_on_accepted:.4f}",
+        "decision_coverage": f"{report.selective.coverage_at_target:.4f}",
         "train_time_min": f"{ws.loaded.train_seconds / 60:.2f}",
         "inference_images_per_s": f"{report.inference_images_per_s:.1f}",
         "notes": f"tta={ws.tta}; rerank={_rerank_note(report)}; "
@@ -198,15 +217,14 @@ def _append_benchmark(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def format_report(report: EvaluationReport) -> str:
+def format_report(report: EvaluationReport, policy) -> str:
     m = report.metrics
     lines = [
         f"{report.split}: {m.n_queries} queries"
         + ("" if report.expansion is None else f", {_rerank_note(report)} against a DBA'd gallery"),
         f"  Recall@1 {m.recall_at_1:.4f}   Recall@5 {m.recall_at_5:.4f}",
         f"  mAP {m.map:.4f}   identity-balanced mAP {m.identity_balanced_map:.4f}",
-        f"  voted decision: accuracy {report.decision_accuracy:.4f} on accepted, "
-        f"coverage {report.decision_coverage:.4f}",
+        format_selective(report.selective, policy),
         f"  inference {report.inference_images_per_s:.1f} images/s",
     ]
     if report.confusions:

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.decision import Thresholds
 from retrieval.errors import InputError
 from retrieval.expansion import GalleryExpansion, augment_gallery, expand_queries
 from retrieval.index import FlatIndex, SearchResult
 from retrieval.io import read_json, write_json_atomic
+from retrieval.serving import evidence
+from retrieval.serving.decide import DecisionPolicy
 
 POINTER = "current.json"
 GALLERY_FOLDER = "gallery"  # <workdir>/gallery
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a decision policy replaced the vote thresholds
 EXPANDED_INDEX = "index_expanded.faiss"  # the DBA'd vectors, beside index.faiss
 
 
@@ -47,12 +48,12 @@ class Gallery:
     paths_by_id: list[str]  # image path per item ID, "" for removed items
     class_names: list[str]  # class index -> name
     fingerprint: str
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    policy: DecisionPolicy | None = None  # chosen on val; None: not chosen yet
     history: list[dict] = field(default_factory=list)  # what built or changed the gallery
-    open_set: dict | None = None  # new-individual calibration (evaluate.py --open_set)
     expansion: GalleryExpansion | None = None  # --rerank qe, chosen on val
     # the DBA'd vectors under the same IDs, built on first use and dropped on every change
     _augmented: FlatIndex | None = field(default=None, init=False, repr=False, compare=False)
+    _means: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -99,9 +100,24 @@ class Gallery:
             return queries, index
         return expand_queries(queries, index.reconstruct_all(), self.expansion), index
 
-    def vote_thresholds(self, *, expand: bool) -> Thresholds:
-        """The reject thresholds calibrated for this kind of search."""
-        return self.chosen_expansion().thresholds if expand else self.thresholds
+    def policy_for(self, *, expand: bool) -> DecisionPolicy:
+        """The decision policy chosen for this kind of search (defaults before any choice)."""
+        policy = self.chosen_expansion().policy if expand else self.policy
+        return policy if policy is not None else DecisionPolicy()
+
+    def class_means(self, *, expand: bool) -> np.ndarray:
+        """(C, D) float32 unit mean of each class's stored (``expand``: DBA'd) vectors."""
+        if expand not in self._means:
+            index = self.augmented_index() if expand else self.index
+            labels = self.labels_by_id[index.ids()]
+            vectors = index.reconstruct_all()
+            self._means[expand] = evidence.class_means(vectors, labels, len(self.class_names))
+        return self._means[expand]
+
+    def _changed(self) -> None:
+        """Neighbourhoods and class means moved: rebuild the caches on next use."""
+        self._augmented = None
+        self._means = {}
 
     def chosen_expansion(self) -> GalleryExpansion:
         """The stored expansion, or an ``InputError`` that says how to choose one."""
@@ -123,7 +139,8 @@ class Gallery:
         return self._augmented
 
     def set_expansion(self, expansion: GalleryExpansion) -> None:
-        self.expansion, self._augmented = expansion, None
+        self.expansion = expansion
+        self._changed()
         self.history.append({"event": "expansion", **expansion.to_dict(), "time": _now()})
 
     def label_hits(self, result: SearchResult) -> GalleryHits:
@@ -153,7 +170,7 @@ class Gallery:
         self.index.add_with_ids(embeddings, ids)
         self.labels_by_id = np.concatenate([self.labels_by_id, labels])
         self.paths_by_id += [str(p) for p in paths]
-        self._augmented = None  # neighbourhoods changed: DBA again on next use
+        self._changed()
         return ids
 
     def remove_class(self, name: str) -> int:
@@ -161,7 +178,7 @@ class Gallery:
         label = self.class_index(name)
         ids = np.flatnonzero(self.labels_by_id == label).astype(np.int64)
         removed = self.index.remove_ids(ids)
-        self._augmented = None
+        self._changed()
         self.labels_by_id[ids] = -1
         for i in ids:
             self.paths_by_id[i] = ""
@@ -205,9 +222,8 @@ class Gallery:
             "format": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
             "class_names": self.class_names,
-            "thresholds": self.thresholds.to_dict(),
+            "decision": None if self.policy is None else self.policy.to_dict(),
             "history": self.history,
-            "open_set": self.open_set,
             "expansion": None if self.expansion is None else self.expansion.to_dict(),
             "items": self.size,
         }
@@ -230,15 +246,17 @@ class Gallery:
                 f"delete {root} to rebuild it, or pass the --checkpoint it was built from"
             )
         expansion = meta.get("expansion")
+        if meta.get("format", 1) < 2:  # vote thresholds: the policy is chosen again on val
+            expansion = None
+        decision = meta.get("decision")
         gallery = cls(
             index=FlatIndex.load(folder / "index.faiss", use_gpu=use_gpu),
             labels_by_id=np.load(folder / "labels_by_id.npy"),
             paths_by_id=read_json(folder / "paths_by_id.json"),
             class_names=list(meta["class_names"]),
             fingerprint=meta["fingerprint"],
-            thresholds=Thresholds.from_dict(meta["thresholds"]),
+            policy=None if decision is None else DecisionPolicy.from_dict(decision),
             history=list(meta["history"]),
-            open_set=meta.get("open_set"),
             expansion=None if expansion is None else GalleryExpansion.from_dict(expansion),
         )
         if expansion is not None:

@@ -1,14 +1,15 @@
-"""``evaluate.py --open_set``: calibrate new-individual detection on val, report on a split.
+"""``evaluate.py --open_set``: choose the new-individual check on val, report on a split.
 
-Calibration always uses the val split (never test); the report is measured on the chosen split
-with the same held-out classes. The calibration is stored with the gallery, so ``search.py``
-rejects probable new individuals and prints P(same individual) from then on.
+The check is chosen on the val split (never test); the report is measured on the chosen split
+with the same held-out classes. It is stored with the gallery's decision policy, so
+``search.py`` and ``evaluate.py`` decline probable new individuals from then on, in the same
+``decide`` and the same unit (the calibrated confidence).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,16 @@ import numpy as np
 from retrieval.data.records import ImageRecord, labels_of
 from retrieval.io import write_json_atomic
 from retrieval.open_set import (
-    OpenSetCalibration,
-    calibrate_from_scores,
+    OpenSetAnswers,
     choose_unknown_classes,
-    open_set_scores,
+    open_set_answers,
     simulate_open_set,
+    unknown_threshold,
 )
 from retrieval.open_set_report import OpenSetReport, open_set_report
-from retrieval.workspace import VOTE_TOP_N, Workspace
+from retrieval.report.selective import SelectiveReport, selective_report, write_selective
+from retrieval.serving.decide import DecisionPolicy
+from retrieval.workspace import Workspace
 
 CAVEAT = (
     "the held-out classes were seen in training, so these figures are optimistic; "
@@ -35,7 +38,9 @@ CAVEAT = (
 class OpenSetRun:
     report: OpenSetReport  # on the chosen split
     calibration_report: OpenSetReport  # on val (in-sample)
-    calibration: OpenSetCalibration
+    selective: SelectiveReport  # the decisions with the check, on the chosen split's mix
+    answers: OpenSetAnswers  # the chosen split's mix, before the check
+    policy: DecisionPolicy  # the gallery's policy with the check
     unknown_classes: list[str]
 
 
@@ -55,33 +60,44 @@ def run_open_set(
     target_far: float,
     seed: int,
 ) -> OpenSetRun:
-    """Hold out ``fraction`` of the val classes as unknown, calibrate on val, score ``split``."""
-    index = ws.gallery.index
-    gallery_labels = ws.gallery.labels_by_id[index.ids()]
+    """Hold out ``fraction`` of the val classes as unknown, choose the check on val, score
+    ``split``."""
+    gallery = ws.gallery
+    index = gallery.index
+    gallery_labels = gallery.labels_by_id[index.ids()]
     gallery_embeddings = index.reconstruct_all()
+    policy = gallery.policy_for(expand=False)
+    n_classes = len(gallery.class_names)
     val_embeddings, val_labels = _labelled(ws, val, "open set: val")
     unknown = choose_unknown_classes(np.unique(val_labels), fraction=fraction, seed=seed)
 
-    def scores(embeddings, labels):
+    def answers(embeddings, labels, with_policy):
         data = simulate_open_set(gallery_labels, gallery_embeddings, labels, embeddings, unknown)
-        return open_set_scores(data, top_n=VOTE_TOP_N)
+        return open_set_answers(data, with_policy, n_classes)
 
-    val_scores = scores(val_embeddings, val_labels)
-    calibration = calibrate_from_scores(val_scores, target_false_accept_rate=target_far)
-    split_scores = val_scores
+    unchecked = replace(policy, unknown_min_confidence=0.0)
+    val_answers = answers(val_embeddings, val_labels, unchecked)
+    checked = replace(policy, unknown_min_confidence=unknown_threshold(val_answers, target_far))
+    split_set = (val_embeddings, val_labels)
     if split != "val":
-        split_scores = scores(*_labelled(ws, queries, f"open set: {split}"))
-    names = [ws.gallery.class_names[i] for i in unknown]
+        split_set = _labelled(ws, queries, f"open set: {split}")
+    split_answers = answers(*split_set, unchecked)
+    final = answers(*split_set, checked)
+    threshold = checked.threshold
     return OpenSetRun(
-        report=open_set_report(split_scores, calibration),
-        calibration_report=open_set_report(val_scores, calibration),
-        calibration=calibration,
-        unknown_classes=names,
+        report=open_set_report(split_answers, threshold, target_far),
+        calibration_report=open_set_report(val_answers, threshold, target_far),
+        selective=selective_report(final.decisions, final.query_labels, checked),
+        answers=split_answers,
+        policy=checked,
+        unknown_classes=[gallery.class_names[i] for i in unknown],
     )
 
 
-def save_open_set(ws: Workspace, run: OpenSetRun, *, split: str, results: Path, **settings):
-    """Write results/open_set_metrics.json and store the calibration with the gallery."""
+def save_open_set(
+    ws: Workspace, run: OpenSetRun, *, split: str, results: Path, figures: Path | None, **settings
+) -> list[Path]:
+    """Write results/open_set_metrics.json (+ risk-coverage files) and store the check."""
     path = results / "open_set_metrics.json"
     write_json_atomic(
         path,
@@ -92,18 +108,23 @@ def save_open_set(ws: Workspace, run: OpenSetRun, *, split: str, results: Path, 
             **settings,
             "report": run.report.to_dict(),
             "report_calibration_split": run.calibration_report.to_dict(),
-            "calibration": run.calibration.to_dict(),
+            "decision": run.selective.decision_dict(),
+            "coverage_at_accuracy": run.selective.coverage_at_accuracy,
             "caveat": CAVEAT,
         },
     )
-    ws.gallery.open_set = run.calibration.to_dict()
+    files = [path]
+    files += write_selective(
+        run.answers.confidence, run.answers.correct, results, figures, f"open_set_{split}"
+    )
+    ws.gallery.policy = run.policy
     ws.gallery.history.append(
         {
             "event": "open_set_calibrate",
-            "target_false_accept_rate": run.calibration.target_false_accept_rate,
-            "threshold": run.calibration.threshold_score,
+            "target_false_accept_rate": run.report.target_false_accept_rate,
+            "unknown_min_confidence": run.policy.unknown_min_confidence,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
     )
     ws.gallery.save(ws.gallery_root)
-    return path
+    return files

@@ -18,7 +18,6 @@ import numpy as np
 from retrieval import class_prior
 from retrieval.data.records import ImageRecord, labels_of
 from retrieval.errors import InputError
-from retrieval.neighbours import top_k_cosine
 from retrieval.pairs import (
     distinct_images,
     missing_images,
@@ -30,6 +29,8 @@ from retrieval.pairs import (
 )
 from retrieval.rerank import rerank_similarity_matrix
 from retrieval.rerank_tune import TunedRerank, tune_rerank
+from retrieval.serving.evidence import EVIDENCE_K, array_evidence, gallery_evidence
+from retrieval.serving.rules import QueryEvidence, class_posterior
 
 if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
     from retrieval.onnx_embed import OnnxWorkspace
@@ -131,6 +132,11 @@ def choose_pair_options(
             else f"chosen on val (identity-balanced mAP {prior.val_map:.3f}, "
             f"{prior.val_map_plain:.3f} without it)"
         )
+        if prior.params["weight"] == 0:
+            chosen = (
+                f"off: val scores no weight above none (identity-balanced mAP "
+                f"{prior.val_map_plain:.3f} without it)"
+            )
         notes.append(f"--closed_set: {prior.params} {chosen}; {voters} val photos vote too")
     return PairOptions(rerank, params, prior, tuple(notes))
 
@@ -198,31 +204,40 @@ def tune_rerank_on_val(split: ValSplit, method: str) -> TunedRerank:
     return tune_rerank(embeddings, labels_of(known, ws.loaded.class_to_idx), method)
 
 
-def _gallery_hits(
+def _posterior(
     ws: Workspace | OnnxWorkspace, embeddings: np.ndarray, prior: ClosedSetPrior | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top class_prior.TOP_K labelled hits per row (the gallery, plus the prior's voters):
-    scores (N, k), labels (N, k)."""
-    if ws.gallery.size == 0:
+) -> np.ndarray:
+    """(N, C) class posterior of each image under the gallery's decision rule, from its
+    gallery hits plus the prior's voters (class means stay the gallery's)."""
+    gallery = ws.gallery
+    if gallery.size == 0:
         raise InputError(
             "--closed_set scores pairs by the gallery's labelled photos, and the gallery is "
             "empty; enroll photos (search.py --enroll) or rebuild it (--rebuild_gallery)"
         )
-    hits = ws.gallery.search(embeddings, class_prior.TOP_K)
-    scores, labels = hits.result.scores, hits.labels
+    rule = gallery.policy_for(expand=False).rule
+    evidence, _ = gallery_evidence(gallery, embeddings, need_means=rule.needs_means)
     if prior is not None and prior.voter_embeddings is not None:
-        k = min(class_prior.TOP_K, len(prior.voter_labels))
-        more, rows = top_k_cosine(embeddings, prior.voter_embeddings, k)
-        scores, labels = class_prior.merge_hits(scores, labels, more, prior.voter_labels[rows])
-    return scores, labels
+        more = array_evidence(
+            embeddings,
+            prior.voter_embeddings,
+            prior.voter_labels,
+            evidence.n_classes,
+            k=min(EVIDENCE_K, len(prior.voter_labels)),
+        )
+        scores, labels = class_prior.merge_hits(
+            evidence.hit_scores, evidence.hit_labels, more.hit_scores, more.hit_labels
+        )
+        sizes = evidence.class_sizes + more.class_sizes
+        evidence = QueryEvidence(scores, labels, sizes, evidence.mean_scores)
+    return class_posterior(rule, evidence)
 
 
 def _gallery_agreement(
     ws: Workspace | OnnxWorkspace, embeddings: np.ndarray, prior: ClosedSetPrior, pairs, names
 ) -> np.ndarray:
     """p_query . p_gallery_image for every pair: (n_pairs,) float32."""
-    scores, labels = _gallery_hits(ws, embeddings, prior)
-    posterior = class_prior.class_posterior(scores, labels, prior.params["temperature"])
+    posterior = _posterior(ws, embeddings, prior)
     return class_prior.agreement(posterior, *pair_rows(pairs, names, len(names)))
 
 
@@ -247,5 +262,5 @@ def tune_closed_set_on_val(
             dict(class_prior.DEFAULT_PARAMS), voter_embeddings=embeddings, voter_labels=labels
         )
     similarity = rerank_similarity_matrix(embeddings, method=rerank, **(rerank_params or {}))
-    tuned = class_prior.tune_prior(similarity, *_gallery_hits(ws, embeddings), labels)
+    tuned = class_prior.tune_prior(similarity, _posterior(ws, embeddings), labels)
     return ClosedSetPrior(tuned.params, tuned.val_map, tuned.val_map_plain, embeddings, labels)

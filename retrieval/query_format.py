@@ -1,4 +1,8 @@
-"""Rendering search answers as a readable table (default), JSON or CSV (SPEC 5.5)."""
+"""Rendering search answers as a readable table (default), JSON or CSV (SPEC 5.5).
+
+The table gives one line a photo, the answer and whom its confidence refers to, with the
+matches under it: ``dog0412  confidence 0.97  (3 of 4 gallery photos agree)``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from retrieval.query import QueryAnswer
 
 FORMATS = ("table", "json", "csv")
 UNCLASSIFIABLE = "unclassifiable"
+CSV_COLUMNS = ("image", "status", "class", "confidence", "reason", "rank", "match_path")
+CSV_COLUMNS += ("match_class", "score")
 
 
 def _verdict(answer: QueryAnswer) -> str:
@@ -17,10 +23,12 @@ def _verdict(answer: QueryAnswer) -> str:
         return f"error: {answer.error}"
     d = answer.decision
     assert d is not None
-    p_same = "" if answer.p_same is None else f"P(same individual) {answer.p_same:.2f}, "
     if answer.class_name is None:
-        return f"{UNCLASSIFIABLE} ({p_same}{d.reason})"
-    return f"{answer.class_name} ({p_same}confidence {d.confidence:.2f}, margin {d.margin:.2f})"
+        return d.reason
+    return (
+        f"{answer.class_name}  confidence {d.confidence:.2f}  "
+        f"({d.agree} of {d.of} gallery photos agree)"
+    )
 
 
 def as_table(answers: list[QueryAnswer]) -> str:
@@ -28,25 +36,46 @@ def as_table(answers: list[QueryAnswer]) -> str:
     for answer in answers:
         lines = [f"{answer.image}: {_verdict(answer)}"]
         for rank, m in enumerate(answer.matches, start=1):
-            lines.append(f"  {rank:>2}. {m.class_name:<24} d={m.distance:.4f}  {m.path}")
+            lines.append(f"  {rank:>2}. {m.class_name:<24} cos={m.score:.4f}  {m.path}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
+def _status(answer: QueryAnswer) -> str:
+    if answer.error:
+        return "error"
+    return "accepted" if answer.class_name else UNCLASSIFIABLE
+
+
 def _as_dict(answer: QueryAnswer) -> dict:
     d = answer.decision
+    evidence = None
+    if d is not None:
+        evidence = {
+            "candidate": answer.predicted_name,
+            "share": d.share,
+            "runner_up": answer.runner_up_name,
+            "runner_up_share": d.runner_up_share,
+            "top_score": d.top_score,
+            "agree": d.agree,
+            "of": d.of,
+        }
     return {
         "image": answer.image,
         "class": answer.class_name,
-        "status": "error"
-        if answer.error
-        else ("accepted" if answer.class_name else UNCLASSIFIABLE),
+        "status": _status(answer),
         "confidence": None if d is None else d.confidence,
-        "p_same_individual": answer.p_same,
-        "margin": None if d is None else d.margin,
-        "reason": answer.error or (d.reason if d else None),
+        "rule": answer.rule or None,
+        "reason": answer.error or (None if d is None or d.accepted else d.reason),
+        "evidence": evidence,
         "matches": [
-            {"rank": i + 1, "path": m.path, "class": m.class_name, "distance": m.distance}
+            {
+                "rank": i + 1,
+                "path": m.path,
+                "class": m.class_name,
+                "score": m.score,
+                "distance": m.distance,
+            }
             for i, m in enumerate(answer.matches)
         ],
     }
@@ -60,16 +89,15 @@ def as_csv(answers: list[QueryAnswer]) -> str:
     """One row per (query, match); a query without matches still gets one row."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(
-        ["image", "status", "class", "confidence", "rank", "match_path", "match_class", "distance"]
-    )
+    writer.writerow(CSV_COLUMNS)
     for answer in answers:
         row = _as_dict(answer)
         head = [row["image"], row["status"], row["class"] or "", _num(row["confidence"])]
+        head.append(row["reason"] or "")
         if not row["matches"]:
             writer.writerow([*head, "", "", "", ""])
         for m in row["matches"]:
-            writer.writerow([*head, m["rank"], m["path"], m["class"], f"{m['distance']:.6f}"])
+            writer.writerow([*head, m["rank"], m["path"], m["class"], f"{m['score']:.6f}"])
     return out.getvalue()
 
 

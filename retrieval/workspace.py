@@ -1,7 +1,7 @@
 """What evaluation and search share: a loaded model and its gallery, built once and reused.
 
 The gallery holds the train-split embeddings of a checkpoint. It is built at the end of
-training or on first use, with reject thresholds calibrated on the validation split, and is
+training or on first use, with its decision policy chosen on the validation split, and is
 reused as long as the checkpoint (and TTA mode) match.
 """
 
@@ -12,15 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.calibration.gallery_policy import (
+    choose_gallery_policy,
+    set_gallery_policy,
+    val_queries,
+)
 from retrieval.config import RunConfig
 from retrieval.data.prepare import PreparedData, prepare_data
 from retrieval.data.records import labels_of
 from retrieval.data.transforms import build_eval_transform
-from retrieval.decision import TARGET_ACCURACY, VOTE_TOP_N, Thresholds, calibrate_thresholds
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
 from retrieval.embed import extract_embeddings
+from retrieval.errors import InputError
 from retrieval.gallery import GALLERY_FOLDER, Gallery, gallery_exists
 from retrieval.inference import LoadedModel, load_inference_model
+from retrieval.serving.decide import TARGET_ACCURACY
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,9 @@ def build_gallery(
     tta: str,
     batch_size: int,
     progress: bool = True,
+    target_accuracy: float = TARGET_ACCURACY,
 ) -> Gallery:
-    """Embed the train split into a gallery; calibrate reject thresholds on the val split."""
+    """Embed the train split into a gallery; choose its decision policy on the val split."""
     common = dict(
         transform=build_eval_transform(loaded.image_size),
         plan=plan,
@@ -110,35 +117,51 @@ def build_gallery(
         fingerprint=gallery_fingerprint(loaded, tta),
         use_gpu=None,
     )
-    gallery.thresholds = _calibrate(gallery, loaded, prepared, common)
+    choose_policy_on_val(
+        gallery, loaded, prepared.val, common, why="gallery built", target_accuracy=target_accuracy
+    )
     return gallery
 
 
-def _calibrate(gallery: Gallery, loaded: LoadedModel, prepared: PreparedData, common) -> Thresholds:
-    known = [r for r in prepared.val if r.label in loaded.class_to_idx]
-    if not known:
-        return Thresholds()
-    queries = extract_embeddings(loaded.model, known, desc="calibration", **common)
-    hits = gallery.search(queries, VOTE_TOP_N)
-    truth = labels_of(known, loaded.class_to_idx)
-    calibration = calibrate_thresholds(
-        hits.labels,
-        hits.result.distances,
-        truth,
-        target_accuracy=TARGET_ACCURACY,
-        top_n=VOTE_TOP_N,
+def choose_policy_on_val(
+    gallery: Gallery,
+    loaded: LoadedModel,
+    val: list,
+    common: dict,
+    *,
+    why: str,
+    target_accuracy: float = TARGET_ACCURACY,
+) -> None:
+    """Embed the val photos of the gallery's individuals and store the policy they choose
+    (kept as it is when val has fewer than 2 such photos)."""
+    known = val_queries(gallery, val)
+    if len(known) < 2:
+        return
+    queries = extract_embeddings(loaded.model, known, desc="val (decision rule)", **common)
+    truth = np.array([gallery.class_index(r.label) for r in known], dtype=np.int64)
+    policy = choose_gallery_policy(gallery, queries, truth, target_accuracy=target_accuracy)
+    set_gallery_policy(gallery, policy, why=why)
+
+
+def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = None) -> str:
+    """Choose the policy again on val after the gallery changed (enrol, remove, old format);
+    returns a line saying what happened. A data folder that moved keeps the old policy."""
+    try:
+        prepared = prepare_for(ws.loaded, ws.workdir, data=None, image_root=None)
+    except (InputError, FileNotFoundError) as exc:
+        return f"note: decision policy kept as it was (val split not readable: {exc})"
+    common = dict(
+        transform=build_eval_transform(ws.loaded.image_size),
+        plan=ws.plan,
+        batch_size=ws.batch_size,
+        tta=ws.tta,
+        progress=False,
     )
-    gallery.history.append(
-        {
-            "event": "calibrate",
-            "queries": len(known),
-            "target_accuracy": TARGET_ACCURACY,
-            "accuracy": calibration.accuracy,
-            "coverage": calibration.coverage,
-            "met_target": calibration.met_target,
-        }
+    target = target_accuracy or ws.gallery.policy_for(expand=False).target_accuracy
+    choose_policy_on_val(
+        ws.gallery, ws.loaded, prepared.val, common, why=why, target_accuracy=target
     )
-    return calibration.thresholds
+    return f"decision policy: {ws.gallery.policy_for(expand=False).rule.describe()} ({why})"
 
 
 def open_workspace(
@@ -152,17 +175,36 @@ def open_workspace(
     rebuild: bool = False,
     progress: bool = True,
     device: str = "auto",
+    target_accuracy: float | None = None,
 ) -> Workspace:
-    """Load the model and its gallery, building (and saving) the gallery when needed."""
+    """Load the model and its gallery, building (and saving) the gallery when needed.
+    ``target_accuracy``: when it differs from the stored policy's, the policy's threshold is
+    chosen again on val for it (and saved)."""
     plan = inference_plan(device)
     loaded = load_inference_model(checkpoint, plan)
     root = gallery_root(workdir, tta)
     if gallery_exists(root) and not rebuild:
         gallery = Gallery.load(root, expected_fingerprint=gallery_fingerprint(loaded, tta))
-    else:
-        prepared = prepare_for(loaded, workdir, data=data, image_root=image_root)
-        gallery = build_gallery(
-            loaded, prepared, plan=plan, tta=tta, batch_size=batch_size, progress=progress
-        )
-        gallery.save(root)
+        ws = Workspace(workdir, plan, loaded, gallery, tta, batch_size)
+        stored = gallery.policy_for(expand=False).target_accuracy
+        why = None
+        if gallery.policy is None and gallery.size:
+            why = "gallery saved before the calibrated decision"
+        elif target_accuracy is not None and gallery.policy and target_accuracy != stored:
+            why = f"--target_accuracy {target_accuracy:g}"
+        if why:
+            print(refresh_policy(ws, why=why, target_accuracy=target_accuracy))
+            gallery.save(root)
+        return ws
+    prepared = prepare_for(loaded, workdir, data=data, image_root=image_root)
+    gallery = build_gallery(
+        loaded,
+        prepared,
+        plan=plan,
+        tta=tta,
+        batch_size=batch_size,
+        progress=progress,
+        target_accuracy=target_accuracy or TARGET_ACCURACY,
+    )
+    gallery.save(root)
     return Workspace(workdir, plan, loaded, gallery, tta, batch_size)

@@ -88,13 +88,49 @@ def test_evaluate_writes_metrics_tables_and_figures(trained, capsys):
     metrics = json.loads((workdir / "results" / "test_metrics.json").read_text())
     for key in ("recall_at_1", "recall_at_5", "map", "identity_balanced_map"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert 0.0 <= metrics["decision"]["coverage"] <= 1.0
+    decision = metrics["decision"]
+    assert set(decision) == {
+        "rule",
+        "accuracy_at_full_coverage",
+        "target_accuracy",
+        "coverage_at_target",
+        "accuracy_on_accepted",
+        "aurc",
+        "ece",
+    }
+    assert 0.0 <= decision["coverage_at_target"] <= 1.0 and decision["target_accuracy"] == 0.95
+    assert decision["rule"] == metrics["decision_policy"]["rule"]["name"] or "(" in decision["rule"]
+    assert set(metrics["coverage_at_accuracy"]) == {"0.90", "0.95", "0.99"}
+    for name in ("test_risk_coverage.png", "test_reliability.png"):
+        assert (workdir / "results" / "figures" / name).is_file()
+    with (workdir / "results" / "test_risk_coverage.csv").open() as handle:
+        curve = list(csv.DictReader(handle))
+    assert float(curve[-1]["coverage"]) == pytest.approx(1.0)
+    assert "decision:" in out and "chosen on" in out  # the rule val chose is printed
     assert (workdir / "results" / "test_per_class.csv").is_file()
     with (workdir / "results" / "benchmarks.csv").open() as handle:
         row = next(csv.DictReader(handle))
     assert row["backbone"] == "test_efficientnet" and row["embedding_dim"] == "512"
     assert row["augmentation"].startswith("rrc+rot15+jitter") and "erase" not in row["augmentation"]
     assert (workdir / "results" / "figures" / "test_retrieval_grid.png").is_file()
+
+
+def test_evaluate_and_search_give_one_answer_for_the_same_photo(trained, capsys):
+    """The decision evaluate measures is the one search prints: same class, same confidence."""
+    _, workdir = trained
+    assert evaluate.main(["--split", "test", "--workdir", str(workdir), "--figures=false"]) == 0
+    with (workdir / "results" / "test_decisions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    capsys.readouterr()
+    images = [row["image"] for row in rows]
+    assert search.main([*images, "--workdir", str(workdir), "--format", "json"]) == 0
+    answers = {a["image"]: a for a in json.loads(capsys.readouterr().out)}
+    for row in rows:
+        got = answers[row["image"]]
+        assert got["confidence"] == pytest.approx(float(row["confidence"]), abs=1e-5)
+        assert (got["class"] or "unclassifiable") == row["answer"]
+        assert got["evidence"]["candidate"] == row["candidate"]
+        assert got["rule"] and (got["reason"] is None) == (got["status"] == "accepted")
 
 
 def test_search_answers_images_and_reports_missing_ones(trained, capsys):
@@ -171,6 +207,9 @@ def test_pairs_closed_set_blends_each_score_with_the_gallery_vote(trained, tmp_p
     cs_ids, closed = read_scores(tmp_path / "cs.csv")
     assert cs_ids == plain_ids == [r[0] for r in rows]
     for cosine, blended in zip(plain, closed, strict=True):
+        if weight == 0:  # val chose "off": the scores are the plain ones
+            assert blended == pytest.approx(cosine, abs=1e-5)
+            continue
         agreed = (blended - (1 - weight) * cosine) / weight  # p_a . p_b of the two photos
         assert -1e-4 <= agreed <= 1 + 1e-4
 

@@ -1,0 +1,87 @@
+"""One search per query, turned into the evidence every rule reads (``rules.QueryEvidence``).
+
+The same builder serves a saved gallery (photo search, evaluate, pairs) and plain arrays (the
+open-set simulation, which searches a gallery with some individuals held out), so every caller
+decides on identical inputs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from retrieval.index import FlatIndex
+from retrieval.serving.rules import QueryEvidence
+
+if TYPE_CHECKING:
+    from retrieval.gallery import Gallery, GalleryHits
+
+EVIDENCE_K = 50  # gallery hits each decision reads: the longest vote among the candidates
+
+
+def class_sizes(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C,) int64 photos per class; labels (G,) int, -1 ignored."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return np.bincount(labels[labels >= 0], minlength=n_classes).astype(np.int64)
+
+
+def class_means(vectors: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, D) float32 unit mean embedding of each class; a class without photos gets zeros.
+
+    vectors: (G, D) float32 unit rows; labels: (G,) int64 (-1 ignored).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    keep = labels >= 0
+    sums = np.zeros((n_classes, vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels[keep], vectors[keep].astype(np.float64))
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0).astype(np.float32)
+
+
+def mean_scores(queries: np.ndarray, means: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(Q, C) float32 cosine to each class mean, -inf for classes without photos."""
+    scores = queries @ means.T
+    return np.where(sizes[None, :] > 0, scores, -np.inf).astype(np.float32)
+
+
+def gallery_evidence(
+    gallery: Gallery,
+    queries: np.ndarray,
+    *,
+    k: int = EVIDENCE_K,
+    expand: bool = False,
+    need_means: bool = False,
+) -> tuple[QueryEvidence, GalleryHits]:
+    """Search ``queries`` (Q, D) unit rows once (``expand``: with the stored query expansion)
+    and return the evidence with the hits it came from (for display). ``need_means``: add the
+    class-mean cosines (the mean rules read them)."""
+    queries, index = gallery.search_space(queries, expand=expand)
+    hits = gallery.label_hits(index.search(queries, k))
+    sizes = class_sizes(gallery.labels_by_id, len(gallery.class_names))
+    means = None
+    if need_means:
+        means = mean_scores(queries, gallery.class_means(expand=expand), sizes)
+    return QueryEvidence(hits.result.scores, hits.labels, sizes, means), hits
+
+
+def array_evidence(
+    queries: np.ndarray,
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    *,
+    k: int = EVIDENCE_K,
+    need_means: bool = False,
+) -> QueryEvidence:
+    """The evidence of ``queries`` (Q, D) against a gallery given as arrays: vectors (G, D)
+    float32 unit rows and labels (G,) int64. Exact search (:class:`FlatIndex`)."""
+    index = FlatIndex(vectors.shape[1], use_gpu=False)
+    index.add_with_ids(vectors, np.arange(len(labels), dtype=np.int64))
+    result = index.search(queries, k)
+    hit_labels = np.where(result.indices >= 0, labels[np.clip(result.indices, 0, None)], -1)
+    sizes = class_sizes(labels, n_classes)
+    means = None
+    if need_means:
+        means = mean_scores(queries, class_means(vectors, labels, n_classes), sizes)
+    return QueryEvidence(result.scores, hit_labels.astype(np.int64), sizes, means)
