@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from ablation_data import CellRecords
 from peer import PEER_BACKBONE, load_peer
 
+from retrieval.calibration.policy import choose_policy
 from retrieval.checkpoint import load_checkpoint
-from retrieval.class_prior import TOP_K, agreement_matrix, blend, class_posterior, tune_prior
+from retrieval.class_prior import agreement_matrix, blend, tune_prior
 from retrieval.data.records import ImageRecord
 from retrieval.eval_size import choose_eval_size
 from retrieval.flips import choose_flip_policy, embed_with_mirrors, mirror_report
@@ -28,7 +29,7 @@ from retrieval.inference import load_inference_model
 from retrieval.input_norm import InputNorm, resolve_input_norm
 from retrieval.metrics import evaluate_retrieval
 from retrieval.model.pretrained import create_backbone
-from retrieval.neighbours import expand_against_gallery, top_k_cosine
+from retrieval.neighbours import expand_against_gallery
 from retrieval.rerank_tune import (
     NO_EXPANSION,
     score_set,
@@ -36,6 +37,8 @@ from retrieval.rerank_tune import (
     tune_gallery_qe,
     tune_rerank,
 )
+from retrieval.serving.evidence import array_evidence
+from retrieval.serving.rules import Rule, class_posterior
 from retrieval.workspace import inference_plan
 
 RERANKS = ("none", "qe", "kr")
@@ -103,22 +106,27 @@ def _set_options(val: dict, val_labels, target: dict, target_labels, prefix: str
     return {"metrics": metrics, "params": chosen}
 
 
-def _hits(x: np.ndarray, voters: np.ndarray, voter_labels: np.ndarray):
-    scores, rows = top_k_cosine(x, voters, min(TOP_K, len(voters)))
-    return scores, voter_labels[rows]
+def _posterior(x: np.ndarray, voters, voter_labels, n_classes: int, rule: Rule) -> np.ndarray:
+    """(N, C) class posterior of each row of x under the decision rule, voters as gallery."""
+    evidence = array_evidence(x, voters, voter_labels, n_classes, need_means=rule.needs_means)
+    return class_posterior(rule, evidence)
 
 
 def _closed_set(val, val_labels, target, target_labels, train, train_labels) -> dict:
-    """``search.py --closed_set`` on embeddings: the weight chosen on val with train photos
-    voting, then the target set scored with train alone and with train + val voting."""
-    tuned = tune_prior(val @ val.T, *_hits(val, train, train_labels), val_labels)
-    t, w = tuned.params["temperature"], tuned.params["weight"]
+    """``search.py --closed_set`` on embeddings: the decision rule and the weight chosen on
+    val with train photos voting, then the target set scored with train alone and with
+    train + val voting."""
+    n = int(max(train_labels.max(), val_labels.max(), target_labels.max())) + 1
+    evidence = array_evidence(val, train, train_labels, n, need_means=True)
+    rule = choose_policy(evidence, val_labels).rule
+    tuned = tune_prior(val @ val.T, _posterior(val, train, train_labels, n, rule), val_labels)
+    w = tuned.params["weight"]
     out = {}
     for key, voters, voter_labels in (
         ("train", train, train_labels),
         ("all", np.vstack([train, val]), np.concatenate([train_labels, val_labels])),
     ):
-        agreed = agreement_matrix(class_posterior(*_hits(target, voters, voter_labels), t))
+        agreed = agreement_matrix(_posterior(target, voters, voter_labels, n, rule))
         out[key] = set_identity_map(blend(target @ target.T, agreed, w), target_labels)
     return {**out, "val_map": tuned.val_map, "weight": w}
 

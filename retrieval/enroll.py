@@ -15,6 +15,8 @@ from retrieval.config import RunConfig
 from retrieval.data.images import check_images
 from retrieval.data.scan import load_records
 from retrieval.errors import InputError
+from retrieval.serving.decide import decide
+from retrieval.serving.evidence import gallery_evidence
 from retrieval.workspace import Workspace, refresh_policy
 
 
@@ -26,6 +28,8 @@ class EnrollSummary:
     excluded_small: int
     unreadable: int
     policy_note: str = ""
+    # (photo, the individual it is enrolled as, the one the gallery names, confidence)
+    conflicts: tuple[tuple[str, str, str, float], ...] = ()
 
 
 def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> EnrollSummary:
@@ -40,8 +44,10 @@ def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> En
     known = ws.gallery.live_paths()
     fresh = [r for r in check.kept if str(r.path) not in known]
     before = set(ws.gallery.class_names)
+    conflicts: list[tuple[str, str, str, float]] = []
     if fresh:
         embeddings = ws.embed(fresh, desc="enrolling")
+        conflicts = _conflicts(ws, fresh, embeddings)
         ws.gallery.add_items(embeddings, [r.label for r in fresh], [str(r.path) for r in fresh])
     new_classes = tuple(sorted({r.label for r in fresh} - before))
     ws.gallery.history.append(
@@ -62,7 +68,24 @@ def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> En
         excluded_small=sum(len(v) for v in check.too_small.values()),
         unreadable=len(check.unreadable),
         policy_note=note,
+        conflicts=tuple(conflicts),
     )
+
+
+def _conflicts(ws: Workspace, records, embeddings) -> list[tuple[str, str, str, float]]:
+    """Photos the gallery confidently names as another individual than the one they are
+    enrolled as, decided as a search would (a mislabelled photo, or two names for one animal)."""
+    gallery = ws.gallery
+    if gallery.size == 0:
+        return []
+    policy = gallery.policy_for(expand=False)
+    evidence, _ = gallery_evidence(gallery, embeddings, need_means=policy.rule.needs_means)
+    names = gallery.class_names
+    return [
+        (str(r.path), r.label, names[d.label], d.confidence)
+        for r, d in zip(records, decide(evidence, policy, class_names=names), strict=True)
+        if d.accepted and names[d.label] != r.label
+    ]
 
 
 def remove(ws: Workspace, class_name: str) -> tuple[int, str]:
@@ -97,4 +120,11 @@ def format_enroll(summary: EnrollSummary) -> str:
     ]
     extra = [f"{n} {why}" for n, why in skipped if n]
     line += f" (skipped: {', '.join(extra)})" if extra else ""
+    for path, label, other, confidence in summary.conflicts[:5]:
+        line += (
+            f"\nnote: {path} is enrolled as {label} but the gallery names it {other} "
+            f"(confidence {confidence:.2f}); check the label"
+        )
+    if len(summary.conflicts) > 5:
+        line += f"\nnote: {len(summary.conflicts) - 5} more such photo(s)"
     return line + (f"\n{summary.policy_note}" if summary.policy_note else "")

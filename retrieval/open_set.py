@@ -1,10 +1,13 @@
 """Open-set: telling a new individual ("unknown") from a known one, in the decision's own unit.
 
-Why: in the field many photos show animals that are in no gallery. The policy's threshold is
-chosen for accuracy on *known* val queries, so it says nothing about how often a new animal is
-given a known name. Here we simulate new animals on the val split (whole individuals removed
-from the gallery) and choose ``unknown_min_confidence``: the calibrated confidence below which
-``decide`` declines, so that at most a target share of them is accepted.
+Why: in the field many photos show animals that are in no gallery. The policy's calibrator and
+threshold are chosen on *known* val queries, so they say nothing about how often a new animal
+is given a known name. Here we simulate new animals on the val split (whole individuals removed
+from the gallery), fit the confidence again on that mix (a new animal's answer is always
+wrong), and choose ``unknown_min_confidence``: the confidence below which ``decide`` declines,
+so that at most a target share of them is accepted. From then on the confidence means
+P(right) where new animals are as common as in the simulation
+(``n_unknown / (n_known + n_unknown)``); where they are commoner, it is too high.
 
 Simulation caveat: :func:`simulate_open_set` removes whole classes from the gallery, but the model
 saw those classes in training, so their embeddings are sharper than a truly unseen animal's; the
@@ -15,13 +18,15 @@ those classes held out (drop their folders from the training data, keep them as 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from retrieval.calibration.threshold import threshold_for_unknowns
+from retrieval.calibration.confidence_fit import fit_calibrator
+from retrieval.calibration.threshold import threshold_for_accuracy, threshold_for_unknowns
 from retrieval.errors import InputError
-from retrieval.serving.decide import Decision, DecisionPolicy, decide
+from retrieval.selective import expected_calibration_error
+from retrieval.serving.decide import Decision, DecisionPolicy, decide, features
 from retrieval.serving.evidence import array_evidence
 
 
@@ -103,10 +108,12 @@ def simulate_open_set(
 
 @dataclass(frozen=True, eq=False)
 class OpenSetAnswers:
-    """The product's decisions on an open-set mix: decisions (Q,), top1_scores (Q,) float64
-    cosine of the nearest photo, is_unknown (Q,) bool, query_labels (Q,) int64."""
+    """The product's decisions on an open-set mix: decisions (Q,), their features (Q, 4),
+    top1_scores (Q,) float64 cosine of the nearest photo, is_unknown (Q,) bool, query_labels
+    (Q,) int64."""
 
     decisions: list[Decision]
+    features: np.ndarray
     top1_scores: np.ndarray
     is_unknown: np.ndarray
     query_labels: np.ndarray
@@ -132,17 +139,42 @@ def open_set_answers(data: OpenSetData, policy: DecisionPolicy, n_classes: int) 
         need_means=policy.rule.needs_means,
     )
     decisions = decide(evidence, policy)
+    matrix = features(policy.rule, evidence).matrix()
     top1 = np.where(evidence.hit_labels[:, 0] >= 0, evidence.hit_scores[:, 0], -1.0)
     return OpenSetAnswers(
-        decisions, top1.astype(np.float64), data.query_is_unknown, data.query_labels
+        decisions, matrix, top1.astype(np.float64), data.query_is_unknown, data.query_labels
     )
 
 
-def unknown_threshold(answers: OpenSetAnswers, target_false_accept_rate: float) -> float:
-    """The confidence cut that accepts at most the target share of unknown queries."""
+def choose_open_set_policy(
+    answers: OpenSetAnswers, policy: DecisionPolicy, target_false_accept_rate: float
+) -> DecisionPolicy:
+    """``policy`` with its confidence fitted again on the val mix, the accuracy threshold read
+    on that mix and the new-individual threshold for the target false-accept rate (both on
+    out-of-fold confidences)."""
     if not 0 <= target_false_accept_rate < 1:
         raise InputError(
             f"need 0 <= target false-accept rate < 1 (e.g. 0.05 accepts at most 5% of unknown "
             f"queries), got {target_false_accept_rate}"
         )
-    return threshold_for_unknowns(answers.confidence[answers.is_unknown], target_false_accept_rate)
+    correct = answers.correct
+    fit = fit_calibrator(answers.features, correct)
+    cut = threshold_for_accuracy(fit.out_of_fold, correct, policy.target_accuracy)
+    unknown = threshold_for_unknowns(fit.out_of_fold[answers.is_unknown], target_false_accept_rate)
+    return replace(
+        policy,
+        calibrator=fit.calibrator,
+        min_confidence=cut.min_confidence,
+        unknown_min_confidence=unknown,
+        evidence={
+            **policy.evidence,
+            "open_set": {
+                "n_known": int((~answers.is_unknown).sum()),
+                "n_unknown": int(answers.is_unknown.sum()),
+                "calibrator": fit.calibrator.describe(),
+                "cv_log_loss": fit.log_loss,
+                "ece_out_of_fold": expected_calibration_error(fit.out_of_fold, correct),
+                "target_false_accept_rate": target_false_accept_rate,
+            },
+        },
+    )

@@ -18,10 +18,10 @@ from retrieval.data.records import ImageRecord, labels_of
 from retrieval.io import write_json_atomic
 from retrieval.open_set import (
     OpenSetAnswers,
+    choose_open_set_policy,
     choose_unknown_classes,
     open_set_answers,
     simulate_open_set,
-    unknown_threshold,
 )
 from retrieval.open_set_report import OpenSetReport, open_set_report
 from retrieval.report.selective import SelectiveReport, selective_report, write_selective
@@ -39,7 +39,7 @@ class OpenSetRun:
     report: OpenSetReport  # on the chosen split
     calibration_report: OpenSetReport  # on val (in-sample)
     selective: SelectiveReport  # the decisions with the check, on the chosen split's mix
-    answers: OpenSetAnswers  # the chosen split's mix, before the check
+    answers: OpenSetAnswers  # the chosen split's mix, decided with the check
     policy: DecisionPolicy  # the gallery's policy with the check
     unknown_classes: list[str]
 
@@ -77,18 +77,17 @@ def run_open_set(
 
     unchecked = replace(policy, unknown_min_confidence=0.0)
     val_answers = answers(val_embeddings, val_labels, unchecked)
-    checked = replace(policy, unknown_min_confidence=unknown_threshold(val_answers, target_far))
+    checked = choose_open_set_policy(val_answers, unchecked, target_far)
     split_set = (val_embeddings, val_labels)
     if split != "val":
         split_set = _labelled(ws, queries, f"open set: {split}")
-    split_answers = answers(*split_set, unchecked)
     final = answers(*split_set, checked)
-    threshold = checked.threshold
+    val_final = answers(val_embeddings, val_labels, checked)
     return OpenSetRun(
-        report=open_set_report(split_answers, threshold, target_far),
-        calibration_report=open_set_report(val_answers, threshold, target_far),
+        report=open_set_report(final, checked.threshold, target_far),
+        calibration_report=open_set_report(val_final, checked.threshold, target_far),
         selective=selective_report(final.decisions, final.query_labels, checked),
-        answers=split_answers,
+        answers=final,
         policy=checked,
         unknown_classes=[gallery.class_names[i] for i in unknown],
     )

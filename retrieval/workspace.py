@@ -131,16 +131,16 @@ def choose_policy_on_val(
     *,
     why: str,
     target_accuracy: float = TARGET_ACCURACY,
-) -> None:
+) -> str:
     """Embed the val photos of the gallery's individuals and store the policy they choose
-    (kept as it is when val has fewer than 2 such photos)."""
+    (kept as it is when val has fewer than 2 such photos); returns a note, or ""."""
     known = val_queries(gallery, val)
     if len(known) < 2:
-        return
+        return ""
     queries = extract_embeddings(loaded.model, known, desc="val (decision rule)", **common)
     truth = np.array([gallery.class_index(r.label) for r in known], dtype=np.int64)
     policy = choose_gallery_policy(gallery, queries, truth, target_accuracy=target_accuracy)
-    set_gallery_policy(gallery, policy, why=why)
+    return set_gallery_policy(gallery, policy, why=why)
 
 
 def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = None) -> str:
@@ -158,10 +158,11 @@ def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = N
         progress=False,
     )
     target = target_accuracy or ws.gallery.policy_for(expand=False).target_accuracy
-    choose_policy_on_val(
+    note = choose_policy_on_val(
         ws.gallery, ws.loaded, prepared.val, common, why=why, target_accuracy=target
     )
-    return f"decision policy: {ws.gallery.policy_for(expand=False).rule.describe()} ({why})"
+    rule = ws.gallery.policy_for(expand=False).rule.describe()
+    return f"decision policy: {rule}, chosen again on val ({why}){note}"
 
 
 def open_workspace(

@@ -1,26 +1,16 @@
-"""The closed-set prior: posteriors by hand, agreement against a dense brute force, tuning."""
+"""The closed-set prior: agreement against a dense brute force, merged hits, tuning with "off"
+as a candidate."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 
 from retrieval import class_prior as cp
 from retrieval.errors import InputError
-from retrieval.neighbours import top_k_cosine
 from retrieval.rerank_tune import set_identity_map
-
-
-def dense(posterior: cp.ClassPosterior, n_classes: int) -> np.ndarray:
-    """The (N, C) posterior matrix the sparse form stands for."""
-    out = np.zeros((posterior.labels.shape[0], n_classes))
-    for i, (labels, weights) in enumerate(zip(*posterior, strict=True)):
-        for label, weight in zip(labels, weights, strict=True):
-            if label >= 0:
-                out[i, label] += weight
-    return out
+from retrieval.serving.evidence import array_evidence
+from retrieval.serving.rules import Rule, class_posterior
 
 
 def random_hits(rng: np.random.Generator, n: int, k: int, n_classes: int):
@@ -30,41 +20,19 @@ def random_hits(rng: np.random.Generator, n: int, k: int, n_classes: int):
     return scores.astype(np.float32), labels
 
 
-def test_posterior_by_hand() -> None:
-    scores = np.array([[0.9, 0.8, 0.7, 0.1]])
-    labels = np.array([[1, 2, 1, -1]])
-    post = cp.class_posterior(scores, labels, temperature=10.0)
-    one, two = 1 + math.exp(-2), math.exp(-1)  # kernel exp(10 (s - 0.9)) summed per class
-    expected = [one / (one + two), two / (one + two), 0.0, 0.0]
-    np.testing.assert_allclose(post.weights[0], expected, rtol=1e-6)
-    assert post.labels[0].tolist() == [1, 2, 1, -1]
-
-
-def test_posterior_rows_sum_to_one_and_an_image_without_hits_gets_zeros() -> None:
-    scores, labels = random_hits(np.random.default_rng(0), 30, 6, 4)
-    labels[3] = -1
-    post = cp.class_posterior(scores, labels, 30.0)
-    sums = post.weights.sum(axis=1)
-    assert sums[3] == 0.0
-    np.testing.assert_allclose(np.delete(sums, 3), 1.0, rtol=1e-6)
-
-
-def test_higher_temperature_trusts_the_nearest_hit_more() -> None:
-    scores, labels = np.array([[0.8, 0.7, 0.6]]), np.array([[0, 1, 1]])
-    soft = cp.class_posterior(scores, labels, 1.0).weights[0, 0]
-    sharp = cp.class_posterior(scores, labels, 100.0).weights[0, 0]
-    assert soft < 0.5 < sharp  # two class-1 hits outvote one when the kernel is flat
+def posterior_of(x: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The nearest-photo rule's posterior of x against a labelled gallery, as search builds it."""
+    evidence = array_evidence(x, gallery, labels, int(labels.max()) + 1)
+    return class_posterior(Rule("nearest"), evidence)
 
 
 @pytest.mark.parametrize("budget", [1 << 20, 7])  # 7 elements: one pair per block
 def test_agreement_equals_the_dense_product(monkeypatch, budget: int) -> None:
     monkeypatch.setattr(cp, "ELEMENT_BUDGET", budget)
-    scores, labels = random_hits(np.random.default_rng(1), 25, 5, 6)
-    post = cp.class_posterior(scores, labels, 20.0)
-    p = dense(post, 6)
-    np.testing.assert_allclose(cp.agreement_matrix(post), p @ p.T, atol=1e-6)
+    p = np.random.default_rng(1).dirichlet(np.ones(6), size=25)
+    np.testing.assert_allclose(cp.agreement_matrix(p), p @ p.T, atol=1e-6)
     a, b = np.array([0, 3, 24, 3]), np.array([24, 3, 0, 7])
-    np.testing.assert_allclose(cp.agreement(post, a, b), (p[a] * p[b]).sum(axis=1), atol=1e-6)
+    np.testing.assert_allclose(cp.agreement(p, a, b), (p[a] * p[b]).sum(axis=1), atol=1e-6)
 
 
 def test_merge_hits_equals_sorting_both_lists() -> None:
@@ -104,33 +72,25 @@ def test_tuning_picks_a_weight_that_lifts_val_where_cosine_splits_the_flanks() -
     looks = rng.normal(size=(8, 2, 32))
     gallery, gallery_labels = flanks(rng, looks, 6)
     val, val_labels = flanks(rng, looks, 2)  # a dog's two val photos show opposite flanks
-    scores, rows = top_k_cosine(val, gallery, cp.TOP_K)
-    tuned = cp.tune_prior(val @ val.T, scores, gallery_labels[rows], val_labels)
-    assert tuned.method == cp.METHOD and tuned.params["temperature"] == cp.TEMPERATURE
-    assert tuned.params["weight"] in cp.WEIGHTS
+    tuned = cp.tune_prior(val @ val.T, posterior_of(val, gallery, gallery_labels), val_labels)
+    assert tuned.method == cp.METHOD
+    assert tuned.params["weight"] in cp.WEIGHTS and tuned.params["weight"] > 0
     assert tuned.val_map > tuned.val_map_plain + 0.2
     assert tuned.val_map_plain == pytest.approx(set_identity_map(val @ val.T, val_labels))
 
 
-def test_tuning_keeps_the_default_on_a_tie() -> None:
+def test_tuning_keeps_the_prior_off_on_a_tie() -> None:
     rng = np.random.default_rng(4)
     gallery, gallery_labels = flanks(rng, rng.normal(size=(5, 2, 32)), 4)
     val = gallery[::2] + 0.01 * rng.normal(size=(10, 32))  # near copies: every weight scores 1
     val /= np.linalg.norm(val, axis=1, keepdims=True)
-    scores, rows = top_k_cosine(val, gallery, cp.TOP_K)
-    tuned = cp.tune_prior(val @ val.T, scores, gallery_labels[rows], gallery_labels[::2])
+    post = posterior_of(val, gallery, gallery_labels)
+    tuned = cp.tune_prior(val @ val.T, post, gallery_labels[::2])
     assert tuned.val_map == pytest.approx(1.0)
-    assert tuned.params == cp.DEFAULT_PARAMS
+    assert tuned.params == {"weight": 0.0}  # "off" is a candidate, and wins a tie
 
 
-@pytest.mark.parametrize(
-    "temperature,weight", [(0.0, 0.5), (-1.0, 0.5), (30.0, 1.5), (30.0, True), ("30", 0.5)]
-)
-def test_bad_parameters_are_input_errors(temperature, weight) -> None:
+@pytest.mark.parametrize("weight", [1.5, -0.1, True, "0.5"])
+def test_bad_weights_are_input_errors(weight) -> None:
     with pytest.raises(InputError):
-        cp.check_params(temperature, weight)
-
-
-def test_mismatched_hits_are_an_input_error() -> None:
-    with pytest.raises(InputError, match="one \\(N, k\\)"):
-        cp.class_posterior(np.zeros((2, 3)), np.zeros((2, 4), dtype=int), 30.0)
+        cp.check_weight(weight)

@@ -1,230 +1,179 @@
-"""The voting rule, rejection and calibration, checked against hand computations."""
+"""The decision path by hand: each rule's class mass, decide's answer and reasons, the
+calibrator, the rule choice on val and the target-accuracy threshold."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from retrieval.decision import (
-    CalibrationResult,
-    Decision,
-    Thresholds,
-    accuracy_coverage,
-    calibrate_thresholds,
-    thresholds_from_dict,
-    thresholds_to_dict,
-    vote,
-    vote_batch,
-)
+from retrieval.calibration.confidence_fit import fit_calibrator
+from retrieval.calibration.policy import CANDIDATES, SEED_RULE, choose_policy, describe_policy
+from retrieval.calibration.threshold import threshold_for_accuracy, threshold_for_unknowns
 from retrieval.errors import InputError
-
-OPEN = Thresholds(max_distance=2.0, min_margin=0.0)  # never rejects a query that has votes
-
-
-def test_weights_by_hand() -> None:
-    decision = vote(np.array([1, 2, 1]), np.array([0.5, 1.0, 0.25]), thresholds=OPEN)
-    assert isinstance(decision, Decision)
-    assert decision.votes == ((1, pytest.approx(6.0)), (2, pytest.approx(1.0)))
-    assert decision.label == 1 and decision.accepted
-    assert decision.confidence == pytest.approx(6 / 7)
-    assert decision.margin == pytest.approx(5 / 7)
-    assert decision.top1_distance == pytest.approx(0.25)
-    assert decision.reason == "accepted"
+from retrieval.selective import risk_coverage
+from retrieval.serving.confidence import Calibrator
+from retrieval.serving.decide import DecisionPolicy, decide, features
+from retrieval.serving.rules import QueryEvidence, Rule, class_mass, class_posterior
 
 
-def test_zero_distance_is_guarded_by_eps() -> None:
-    decision = vote(np.array([3, 4]), np.array([0.0, 0.5]), eps=1e-6, thresholds=OPEN)
-    assert decision.votes[0] == (3, pytest.approx(1e6))
-    assert decision.confidence == pytest.approx(1e6 / (1e6 + 2))
-    assert all(math.isfinite(weight) for _, weight in decision.votes)
-
-
-def test_reject_when_nearest_is_too_far() -> None:
-    thresholds = Thresholds(max_distance=1.2, min_margin=0.05)
-    decision = vote(np.array([1, 1]), np.array([1.3, 1.4]), thresholds=thresholds)
-    assert decision.label is None and not decision.accepted
-    assert decision.reason == "reshoot recommended: nearest match too far (d=1.300 > 1.200)"
-    assert decision.votes[0][0] == 1  # the evidence is kept for display
-
-
-def test_reject_when_vote_is_split() -> None:
-    decision = vote(np.array([1, 2]), np.array([0.5, 0.5]), thresholds=Thresholds())
-    assert decision.label is None
-    assert decision.margin == pytest.approx(0.0)
-    assert decision.reason == (
-        "reshoot recommended: ambiguous between 1 and 2 (margin 0.000 < 0.050)"
+def toy(scores, labels, sizes, means=None) -> QueryEvidence:
+    """One query's hits (best first) against a gallery with ``sizes`` photos per class."""
+    return QueryEvidence(
+        np.array([scores], dtype=np.float32),
+        np.array([labels], dtype=np.int64),
+        np.array(sizes, dtype=np.int64),
+        None if means is None else np.array([means], dtype=np.float32),
     )
 
 
-def test_distance_check_comes_first() -> None:
-    decision = vote(np.array([1, 2]), np.array([1.5, 1.5]), thresholds=Thresholds())
-    assert "too far" in decision.reason
+# class 0 has one photo, very close; class 1 has four fair ones: the 1/d vote and the nearest
+# photo disagree (the DogFaceNet failure in miniature)
+SPLIT = toy([0.9, 0.5, 0.5, 0.5, 0.5], [0, 1, 1, 1, 1], [1, 4], means=[0.9, 0.6])
 
 
-@pytest.mark.parametrize(("top_n", "winner"), [(1, 1), (2, 1), (4, 2)])
-def test_top_n_truncation(top_n: int, winner: int) -> None:
-    # class 1: 1/0.5 = 2; class 2: 1/0.6 + 1/0.7 + 1/0.8 = 4.345...
-    labels, distances = np.array([1, 2, 2, 2]), np.array([0.5, 0.6, 0.7, 0.8])
-    decision = vote(labels, distances, top_n=top_n, thresholds=OPEN)
-    assert decision.label == winner
-    assert sum(weight for _, weight in decision.votes) == pytest.approx(
-        np.sum(1 / distances[:top_n])
+def test_nearest_photo_by_hand() -> None:
+    mass = class_mass(Rule("nearest", temperature=0.1), SPLIT)[0]
+    np.testing.assert_allclose(mass, [1.0, math.exp((0.5 - 0.9) / 0.1)], rtol=1e-5)
+
+
+def test_seed_vote_by_hand_outvotes_the_nearest_photo() -> None:
+    d_near, d_far = math.sqrt(2 - 2 * 0.9), math.sqrt(2 - 2 * 0.5)
+    mass = class_mass(SEED_RULE, SPLIT)[0]
+    np.testing.assert_allclose(mass, [1 / d_near, 4 / d_far], rtol=1e-5)
+    assert mass.argmax() == 1  # 4 / 1.0 > 1 / 0.447
+    assert class_mass(Rule("vote_inv", top_n=20, power=16), SPLIT)[0].argmax() == 0
+
+
+def test_exp_vote_by_hand() -> None:
+    mass = class_mass(Rule("vote_exp", top_n=3, temperature=0.2), SPLIT)[0]
+    np.testing.assert_allclose(mass, [1.0, 2 * math.exp(-0.4 / 0.2)], rtol=1e-6)
+
+
+def test_mean_and_nearest_plus_mean_by_hand() -> None:
+    mass = class_mass(Rule("mean", temperature=0.1), SPLIT)[0]
+    np.testing.assert_allclose(mass, [1.0, math.exp(-0.3 / 0.1)], rtol=1e-5)
+    both = class_mass(Rule("nearest_mean", temperature=0.1), SPLIT)[0]
+    np.testing.assert_allclose(both, [1.0, math.exp((1.1 - 1.8) / 0.1)], rtol=1e-5)
+
+
+def test_a_class_beyond_the_hits_is_bounded_by_the_last_hit() -> None:
+    evidence = toy([0.8, 0.7], [0, 0], [2, 3], means=[0.7, 0.75])
+    both = class_mass(Rule("nearest_mean", temperature=1.0), evidence)[0]
+    np.testing.assert_allclose(both, [1.0, math.exp(0.7 + 0.75 - 1.5)], rtol=1e-5)
+    assert class_mass(Rule("nearest"), evidence)[0, 1] == 0.0
+
+
+def test_posterior_rows_sum_to_one_and_no_hit_is_zero() -> None:
+    evidence = QueryEvidence(
+        np.array([[0.9, 0.2], [0.0, 0.0]], dtype=np.float32),
+        np.array([[0, 1], [-1, -1]]),
+        np.array([1, 1]),
+    )
+    for rule in CANDIDATES:
+        if rule.needs_means:
+            continue
+        post = class_posterior(rule, evidence)
+        assert post[0].sum() == pytest.approx(1.0) and post[1].sum() == 0.0
+
+
+def test_decide_accepts_with_support_and_rejects_with_reasons() -> None:
+    calibrator = Calibrator()  # uncalibrated: the share itself
+    policy = DecisionPolicy(Rule("nearest", temperature=0.1), calibrator, min_confidence=0.9)
+    evidence = toy([0.9, 0.85, 0.3], [0, 0, 1], [3, 1])
+    (d,) = decide(evidence, policy, class_names=["tom", "kit"])
+    assert d.accepted and d.label == 0 and d.agree == 2 and d.of == 3
+    assert d.confidence == pytest.approx(1 / (1 + math.exp(-6)), rel=1e-6)
+
+    split = toy([0.9, 0.89], [0, 1], [1, 1])
+    (s,) = decide(split, policy, class_names=["tom", "kit"])
+    assert not s.accepted and s.predicted == 0 and s.runner_up == 1
+    assert s.reason == f"unclassifiable: split between tom ({s.share:.2f}) and kit " + (
+        f"({s.runner_up_share:.2f}) - reshoot"
     )
 
+    far = toy([0.2, -0.5], [0, 1], [1, 1])
+    low = DecisionPolicy(Rule("nearest"), Calibrator("isotonic", "top_score", (0, 1), (0, 1)))
+    (f,) = decide(far, low, class_names=["tom", "kit"])
+    assert not f.accepted and "nearest match is far (cosine 0.20" in f.reason
 
-def test_padding_ignored_and_unsorted_rows_sorted() -> None:
-    padded = vote(np.array([1, -1, -1]), np.array([0.5, np.inf, np.nan]), thresholds=OPEN)
-    assert padded.votes == ((1, pytest.approx(2.0)),)
-    assert padded.confidence == 1.0 and padded.margin == 1.0
-    unsorted = vote(np.array([2, 1]), np.array([0.9, 0.1]), top_n=1, thresholds=OPEN)
-    assert unsorted.label == 1 and unsorted.top1_distance == pytest.approx(0.1)
-
-
-def test_no_neighbours_is_rejected() -> None:
-    decision = vote(np.array([-1, -1]), np.array([np.inf, np.inf]), thresholds=OPEN)
-    assert decision.label is None and decision.votes == ()
-    assert decision.top1_distance == math.inf
-    assert decision.reason.startswith("reshoot recommended")
+    (none,) = decide(QueryEvidence(np.zeros((1, 0)), np.zeros((1, 0), int), np.array([0])), low)
+    assert none.predicted == -1 and none.confidence == 0.0 and "no photo" in none.reason
 
 
-def test_equal_votes_break_ties_by_class_index() -> None:
-    decision = vote(np.array([5, 2]), np.array([0.5, 0.5]), thresholds=OPEN)
-    assert [label for label, _ in decision.votes] == [2, 5]
-
-
-@pytest.mark.parametrize(
-    ("labels", "distances", "match"),
-    [
-        (np.array([1, 2]), np.array([0.5]), "equal length"),
-        (np.array([1.0, 2.0]), np.array([0.5, 0.6]), "integers"),
-        (np.array([1, 2]), np.array([0.5, -0.1]), ">= 0"),
-        (np.array([1, 2]), np.array([0.5, np.nan]), "finite"),
-    ],
-)
-def test_vote_rejects_bad_input(labels: np.ndarray, distances: np.ndarray, match: str) -> None:
-    with pytest.raises(InputError, match=match):
-        vote(labels, distances, thresholds=OPEN)
-
-
-def test_vote_batch_equals_row_votes() -> None:
+def test_policy_round_trips_through_json() -> None:
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, size=(6, 8))
-    distances = np.sort(rng.uniform(0.1, 1.5, size=(6, 8)), axis=1)
-    thresholds = Thresholds(max_distance=1.0, min_margin=0.2)
-    batch = vote_batch(labels, distances, top_n=5, thresholds=thresholds)
-    assert batch == [
-        vote(lab, dis, top_n=5, thresholds=thresholds)
-        for lab, dis in zip(labels, distances, strict=True)
-    ]
+    x, y = rng.normal(size=(60, 4)), rng.random(60) < 0.7
+    fit = fit_calibrator(x, y)
+    policy = DecisionPolicy(Rule("vote_exp", 10, 0.05), fit.calibrator, 0.8, 0.95, 0.3, 0.1)
+    back = DecisionPolicy.from_dict(json.loads(json.dumps(policy.to_dict())))
+    assert back == policy
+    np.testing.assert_allclose(back.calibrator(x), policy.calibrator(x))
+    with pytest.raises(InputError, match="rebuild_gallery"):
+        DecisionPolicy.from_dict({"rule": {"name": "nearest"}})
 
 
-def test_accuracy_coverage_by_hand() -> None:
-    decisions = [
-        vote(np.array([1]), np.array([0.1]), thresholds=OPEN),  # accepted, right
-        vote(np.array([2]), np.array([0.1]), thresholds=OPEN),  # accepted, wrong
-        vote(np.array([1]), np.array([1.9]), thresholds=Thresholds()),  # rejected
-        vote(np.array([3]), np.array([0.2]), thresholds=OPEN),  # accepted, right
-    ]
-    accuracy, coverage = accuracy_coverage(decisions, np.array([1, 1, 1, 3]))
-    assert accuracy == pytest.approx(2 / 3) and coverage == pytest.approx(3 / 4)
-    nothing = accuracy_coverage(decisions[2:3], np.array([1]))
-    assert math.isnan(nothing[0]) and nothing[1] == 0.0
+@pytest.mark.parametrize("seed", [0, 1])
+def test_calibrators_are_monotone_in_the_evidence(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    share = rng.random(300)
+    x = np.stack([share, share, share / 2, np.ones(300)], axis=1)
+    y = rng.random(300) < share  # P(right) = share: a calibrated share
+    fit = fit_calibrator(x, y)
+    grid = np.linspace(0, 1, 50)
+    probe = np.stack([grid, grid, grid / 2, np.ones(50)], axis=1)
+    assert np.all(np.diff(fit.calibrator(probe)) >= -1e-12)
+    assert set(fit.log_loss) == {"logistic", "isotonic(share)", "isotonic(top_score)"} | {
+        "isotonic(margin)"
+    }
+    assert fit.out_of_fold.shape == (300,)
 
 
-def test_thresholds_round_trip_and_validation() -> None:
-    thresholds = Thresholds(max_distance=0.9, min_margin=0.1)
-    data = thresholds_to_dict(thresholds)
-    assert data == {"max_distance": 0.9, "min_margin": 0.1}
-    assert thresholds_from_dict(data) == thresholds
-    assert Thresholds.from_dict(thresholds.to_dict()) == thresholds
-    with pytest.raises(InputError, match="exactly the keys"):
-        thresholds_from_dict({"max_distance": 1.0})
-    with pytest.raises(InputError, match="must be a number"):
-        thresholds_from_dict({"max_distance": "far", "min_margin": 0.1})
-    with pytest.raises(InputError, match="min_margin"):
-        Thresholds(min_margin=1.5)
-    with pytest.raises(InputError, match="max_distance"):
-        Thresholds(max_distance=-0.1)
+def test_threshold_reaches_the_target_on_a_synthetic_val_set() -> None:
+    rng = np.random.default_rng(3)
+    confidence = rng.random(500)
+    correct = rng.random(500) < confidence
+    choice = threshold_for_accuracy(confidence, correct, 0.9)
+    accepted = confidence >= choice.min_confidence
+    assert choice.met_target and correct[accepted].mean() >= 0.9
+    assert choice.coverage == pytest.approx(accepted.mean())
+    curve = risk_coverage(confidence, correct)  # no larger coverage keeps the target
+    assert not np.any((curve.coverage > choice.coverage) & (curve.accuracy >= 0.9))
 
 
-def _synthetic_validation(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """30 right answers near the gallery, 10 wrong ones far away; all votes unanimous."""
-    n_right, n_wrong, k = 30, 10, 5
-    true_labels = rng.integers(0, 5, size=n_right + n_wrong)
-    labels = np.repeat(true_labels[:, None], k, axis=1)
-    labels[n_right:] = (labels[n_right:] + 1) % 5  # wrong class, unanimous
-    near = rng.uniform(0.2, 0.6, size=(n_right, 1))
-    far = rng.uniform(0.9, 1.4, size=(n_wrong, 1))
-    distances = np.vstack([near, far]) + np.linspace(0.0, 0.1, k)[None, :]
-    return labels, distances, true_labels
+def test_an_unreachable_target_falls_back_to_the_target_itself() -> None:
+    choice = threshold_for_accuracy(np.array([0.6, 0.5]), np.array([False, False]), 0.95)
+    assert not choice.met_target and choice.min_confidence == 0.95 and choice.coverage == 0.0
 
 
-def test_calibration_finds_the_known_distance_threshold() -> None:
-    labels, distances, true_labels = _synthetic_validation(np.random.default_rng(1))
-    result = calibrate_thresholds(labels, distances, true_labels, target_accuracy=1.0)
-    assert isinstance(result, CalibrationResult)
-    assert result.met_target and result.accuracy == 1.0
-    assert result.coverage == pytest.approx(30 / 40)
-    assert result.thresholds.max_distance == pytest.approx(distances[:30, 0].max())
-    assert result.thresholds.min_margin == 0.0  # votes are unanimous: margin plays no part
-    decisions = vote_batch(labels, distances, thresholds=result.thresholds)
-    assert accuracy_coverage(decisions, true_labels) == pytest.approx((1.0, 0.75))
+def test_unknown_threshold_by_hand() -> None:
+    unknown = np.array([0.9, 0.8, 0.8, 0.3])
+    cut = threshold_for_unknowns(unknown, 0.25)  # one of four may pass: the 0.9
+    assert 0.8 < cut < 0.8 + 1e-12 and (unknown >= cut).sum() == 1
+    assert threshold_for_unknowns(unknown, 0.0) > 0.9
 
 
-def test_calibration_finds_the_known_margin_threshold() -> None:
-    # All at the same distance; right answers win 8 vs 0.75 (margin 0.83), wrong ones 6.75 vs 2
-    # (margin 0.54), so only the margin can separate them.
-    true_labels = np.arange(20) % 4
-    labels = np.stack([true_labels] * 4 + [(true_labels + 1) % 4], axis=1)
-    distances = np.full((20, 5), 0.5)
-    distances[:, 4] = 4 / 3  # weight 0.75 for the fifth neighbour
-    labels[15:, :3] = (true_labels[15:, None] + 1) % 4  # 3 of the 4 nearest now vote wrong
-    result = calibrate_thresholds(labels, distances, true_labels, target_accuracy=1.0)
-    assert result.met_target and result.accuracy == 1.0
-    assert result.coverage == pytest.approx(15 / 20)
-    decisions = vote_batch(labels, distances, thresholds=result.thresholds)
-    wrong_margins = [d.margin for d in decisions[15:]]
-    assert result.thresholds.min_margin > max(wrong_margins) - 1e-12
-    assert all(d.accepted for d in decisions[:15]) and not any(d.accepted for d in decisions[15:])
+def split_val(n_ids: int = 30, seed: int = 0):
+    """Val queries whose own individual has one close photo and a decoy with four fair ones."""
+    rng = np.random.default_rng(seed)
+    q = n_ids
+    scores = np.zeros((q, 5), dtype=np.float32)
+    labels = np.zeros((q, 5), dtype=np.int64)
+    truth = np.arange(q)
+    for i in range(q):
+        scores[i] = [0.8 + 0.1 * rng.random(), 0.55, 0.54, 0.53, 0.52]
+        labels[i] = [i, (i + 1) % q, (i + 1) % q, (i + 1) % q, (i + 1) % q]
+    sizes = np.full(q, 4)
+    return QueryEvidence(scores, labels, sizes), truth
 
 
-def test_calibration_accepts_everything_when_target_is_easy() -> None:
-    labels, distances, true_labels = _synthetic_validation(np.random.default_rng(2))
-    result = calibrate_thresholds(labels, distances, true_labels, target_accuracy=0.7)
-    assert result.met_target and result.coverage == 1.0
-    assert result.accuracy == pytest.approx(0.75)
-
-
-def test_calibration_flags_an_unreachable_target() -> None:
-    labels, distances, true_labels = _synthetic_validation(np.random.default_rng(3))
-    distances[30:] = np.linspace(0.01, 0.02, 5)  # wrong answers nearest of all, unanimous:
-    # no threshold isolates the right ones
-    result = calibrate_thresholds(labels, distances, true_labels, target_accuracy=0.99)
-    assert not result.met_target
-    assert result.target_accuracy == 0.99
-    assert result.accuracy == pytest.approx(0.75)  # the best reachable: accept everything
-    again = calibrate_thresholds(labels, distances, true_labels, target_accuracy=0.99)
-    assert again == result  # deterministic
-
-
-def test_calibration_rejects_bad_input() -> None:
-    with pytest.raises(InputError, match="target_accuracy"):
-        calibrate_thresholds(
-            np.zeros((2, 3), int), np.ones((2, 3)), np.zeros(2, int), target_accuracy=1.5
-        )
-    with pytest.raises(InputError, match="no validation query"):
-        calibrate_thresholds(-np.ones((2, 3), int), np.ones((2, 3)), np.zeros(2, int))
-    with pytest.raises(InputError, match="true_labels"):
-        calibrate_thresholds(np.zeros((2, 3), int), np.ones((2, 3)), np.zeros(3, int))
-
-
-def test_ambiguity_reason_names_the_classes_when_given():
-    decision = vote(
-        np.array([0, 1]),
-        np.array([0.5, 0.5]),
-        thresholds=Thresholds(max_distance=2.0, min_margin=0.1),
-        class_names=["lynx_a", "lynx_b"],
-    )
-    assert decision.label is None and "lynx_a and lynx_b" in decision.reason
+def test_val_chooses_the_nearest_photo_where_the_seed_vote_fails() -> None:
+    evidence, truth = split_val()
+    policy = choose_policy(evidence, truth)
+    assert features(SEED_RULE, evidence).predicted.tolist() != truth.tolist()
+    assert policy.evidence["accuracy"] == 1.0 and policy.evidence["seed_rule"]["accuracy"] == 0
+    assert policy.rule == Rule("nearest")  # first of the rules that tie at 1.0 and AURC 0
+    text = describe_policy(policy)
+    assert "nearest chosen on 30 val queries" in text and "seed rule" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -49,7 +50,8 @@ def test_enroll_then_remove_a_new_individual(trained, newcomer, capsys):
     wd = ["--workdir", str(workdir)]
 
     assert search.main(["--enroll", str(newcomer), *wd]) == 0
-    assert "new classes: violet" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "new classes: violet" in out and "chosen again on val (enrolled 3 photo(s))" in out
     grown = Gallery.load(gallery_dir)
     assert grown.size == before.size + 3 and grown.class_names[-1] == "violet"
     # IDs of the existing items do not move
@@ -68,7 +70,9 @@ def test_enroll_then_remove_a_new_individual(trained, newcomer, capsys):
     np.testing.assert_array_equal(pruned.index.ids(), before.index.ids())
     matches = _answers(capsys, str(query), *wd)[0]["matches"]
     assert all(m["class"] != "violet" for m in matches)
-    assert [e["event"] for e in pruned.history][-3:] == ["enroll", "enroll", "remove"]
+    events = [e["event"] for e in pruned.history]
+    assert [e for e in events if e != "decision_policy"][-3:] == ["enroll", "enroll", "remove"]
+    assert events[-1] == "decision_policy"  # the policy follows the gallery it decides on
 
 
 def test_enrolling_with_another_checkpoint_is_refused(trained, newcomer, tmp_path, capsys):
@@ -116,22 +120,41 @@ def test_a_crash_during_enrollment_keeps_the_previous_gallery(trained, newcomer)
     np.testing.assert_array_equal(after.labels_by_id, before.labels_by_id)
 
 
-def test_open_set_calibration_is_reported_stored_and_used_by_search(trained, capsys):
+def test_open_set_check_is_reported_stored_and_used_by_search(trained, capsys):
     data, workdir = trained
     wd = ["--workdir", str(workdir)]
     argv = ["--split", "test", "--open_set", "--open_set_fraction", "0.4", "--figures=false"]
     assert evaluate.main([*argv, *wd]) == 0
     out = capsys.readouterr().out
-    assert "AUROC known vs unknown" in out
+    assert "AUROC known vs unknown" in out and "AURC" in out
     metrics = json.loads((workdir / "results" / "open_set_metrics.json").read_text())
     assert metrics["calibration_split"] == "val" and metrics["unknown_classes"]
-    assert 0.0 <= metrics["report"]["auroc"] <= 1.0
+    assert 0.0 <= metrics["report"]["auroc_confidence"] <= 1.0
+    assert set(metrics["decision"]) >= {"rule", "aurc", "ece", "coverage_at_target"}
+    assert (workdir / "results" / "open_set_test_risk_coverage.csv").is_file()
     gallery = Gallery.load(workdir / "gallery")
-    assert gallery.open_set is not None and gallery.history[-1]["event"] == "open_set_calibrate"
-    query = next((data / "red").glob("*.jpg"))
-    answer = _answers(capsys, str(query), *wd)[0]
-    assert 0.0 <= answer["p_same_individual"] <= 1.0
-    threshold = gallery.open_set["threshold_score"]
-    top1_cosine = 1.0 - answer["matches"][0]["distance"] ** 2 / 2
-    if top1_cosine <= threshold:
-        assert answer["status"] == "unclassifiable" and "unknown individual" in answer["reason"]
+    assert gallery.history[-1]["event"] == "open_set_calibrate"
+    policy = gallery.policy
+    assert policy.unknown_min_confidence > 0 and "open_set" in policy.evidence
+    queries = [str(p) for p in sorted(data.glob("*/*.jpg"))[:8]]
+    for answer in _answers(capsys, *queries, *wd):  # one unit: accepted iff confident enough
+        assert (answer["status"] == "accepted") == (answer["confidence"] >= policy.threshold)
+
+
+def test_enrolling_a_known_animal_under_a_new_name_is_flagged(trained, tmp_path, capsys):
+    """The enrol check decides each photo as a search would before adding it."""
+    _, workdir = trained
+    copy = tmp_path / "workdir"
+    shutil.copytree(workdir, copy)
+    gallery = Gallery.load(copy / "gallery")
+    photo = Path(next(p for p in gallery.paths_by_id if "/red/" in p))
+    renamed = tmp_path / "enroll" / "crimson" / "crimson-g0_1.jpg"
+    renamed.parent.mkdir(parents=True)
+    shutil.copy(photo, renamed)
+    policy = gallery.policy_for(expand=False)
+    assert search.main(["--enroll", str(tmp_path / "enroll"), "--workdir", str(copy)]) == 0
+    out = capsys.readouterr().out
+    answer = _answers(capsys, str(photo), "--workdir", str(workdir))[0]
+    flagged = "is enrolled as crimson but the gallery names it red" in out
+    assert flagged == (answer["status"] == "accepted" and answer["class"] == "red")
+    assert flagged or answer["confidence"] < policy.threshold

@@ -12,13 +12,15 @@ from conftest import make_image, train_tiny
 
 import evaluate
 import search
-from retrieval.decision import VOTE_TOP_N, calibrate_thresholds
+from retrieval.calibration.gallery_policy import choose_expansion
+from retrieval.calibration.policy import choose_policy
 from retrieval.errors import InputError
-from retrieval.expansion import GalleryExpansion, choose_expansion
+from retrieval.expansion import GalleryExpansion
 from retrieval.gallery import Gallery
 from retrieval.metrics import evaluate_retrieval
 from retrieval.neighbours import alpha_query_expansion, database_augmentation, top_k_cosine
-from retrieval.open_set import OpenSetCalibration
+from retrieval.serving.decide import DecisionPolicy
+from retrieval.serving.evidence import array_evidence
 
 
 def _split(seed: int, n_ids: int = 10, per_id: int = 4, dim: int = 16):
@@ -47,9 +49,9 @@ def _gallery(vectors: np.ndarray, labels: np.ndarray) -> Gallery:
     )
 
 
-def test_choice_is_the_tuned_grid_point_with_thresholds_from_the_expanded_search():
+def test_choice_is_the_tuned_grid_point_with_a_policy_from_the_expanded_search():
     q, q_labels, g, g_labels = _split(0)
-    chosen = choose_expansion(q, q_labels, g, g_labels)
+    chosen = choose_expansion(q, q_labels, g, g_labels, 10)
     assert chosen.k > 0  # four photos per identity: averaging with them helps
     assert chosen.val_map > chosen.val_map_plain
     assert chosen.val_map_plain == pytest.approx(evaluate_retrieval(q, q_labels, g, g_labels).map)
@@ -57,9 +59,8 @@ def test_choice_is_the_tuned_grid_point_with_thresholds_from_the_expanded_search
     dba = database_augmentation(g, k=chosen.k, alpha=chosen.alpha)
     eq = alpha_query_expansion(q, dba, k=chosen.k, alpha=chosen.alpha)
     assert chosen.val_map == pytest.approx(evaluate_retrieval(eq, q_labels, dba, g_labels).map)
-    scores, rows = top_k_cosine(eq, dba, VOTE_TOP_N)
-    by_hand = calibrate_thresholds(g_labels[rows], np.sqrt(2 - 2 * scores), q_labels)
-    assert chosen.thresholds == by_hand.thresholds
+    by_hand = choose_policy(array_evidence(eq, dba, g_labels, 10, need_means=True), q_labels)
+    assert chosen.policy == by_hand
     assert GalleryExpansion.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
 
 
@@ -79,7 +80,7 @@ def test_expanded_search_is_dba_plus_qe_and_keeps_item_ids():
     np.testing.assert_array_equal(hits.result.indices, ids[rows])
     np.testing.assert_array_equal(hits.labels, gallery.labels_by_id[ids[rows]])
     assert set(extra) <= set(ids)
-    assert gallery.vote_thresholds(expand=True) == expansion.thresholds
+    assert gallery.policy_for(expand=True) == DecisionPolicy()  # none chosen: the defaults
     assert gallery.history[-1]["event"] == "expansion"
 
 
@@ -123,7 +124,7 @@ def test_evaluate_and_search_choose_it_once_and_share_it(trained, tmp_path, caps
     metrics = json.loads((workdir / "results" / "test_metrics.json").read_text())
     stored = Gallery.load(workdir / "gallery").expansion
     assert stored is not None and metrics["query_expansion"] == stored.to_dict()
-    assert metrics["decision"]["thresholds"] == stored.thresholds.to_dict()
+    assert metrics["decision_policy"] == stored.policy.to_dict()  # the expanded search's own
     assert 0.0 <= metrics["recall_at_1"] <= 1.0
 
     query = next((data / "red").glob("*.jpg"))
@@ -150,32 +151,3 @@ def test_k_reciprocal_is_refused_for_photo_searches(trained, capsys):
     query = next((data / "red").glob("*.jpg"))
     assert search.main([str(query), "--rerank", "kr", "--workdir", str(workdir)]) == 2
     assert "photo searches take --rerank qe" in capsys.readouterr().err
-
-
-def test_open_set_check_reads_the_plain_cosine_under_expansion(trained, capsys):
-    data, workdir = trained
-    wd = ["--workdir", str(workdir)]
-    argv = ["--split", "test", "--open_set", "--open_set_fraction", "0.4", "--figures=false"]
-    assert evaluate.main([*argv, *wd]) == 0
-    gallery = Gallery.load(workdir / "gallery")
-    # val picks no expansion on the tiny colours (mAP 1 either way): force one that moves scores
-    gallery.set_expansion(GalleryExpansion(k=2, alpha=1.0, thresholds=gallery.thresholds))
-    gallery.save(workdir / "gallery")
-    queries = [str(p) for p in sorted(data.glob("*/*.jpg"))[:6]]
-    capsys.readouterr()
-    answers = {}
-    for rerank in ("none", "qe"):
-        assert search.main([*queries, "--rerank", rerank, "--format", "json", *wd]) == 0
-        answers[rerank] = json.loads(capsys.readouterr().out)
-    calibration = OpenSetCalibration.from_dict(gallery.open_set)
-    distances = {
-        rerank: np.array([a["matches"][0]["distance"] for a in found])
-        for rerank, found in answers.items()
-    }
-    assert not np.allclose(distances["none"], distances["qe"])  # the expansion is live
-    for plain, expanded in zip(answers["none"], answers["qe"], strict=True):
-        # P(same individual) is calibrated on the plain top-1 cosine: expansion leaves it be
-        assert expanded["p_same_individual"] == pytest.approx(plain["p_same_individual"], rel=1e-7)
-        top1 = 1.0 - plain["matches"][0]["distance"] ** 2 / 2
-        if not calibration.accepts(np.array([top1]))[0]:
-            assert expanded["status"] == "unclassifiable"

@@ -1,5 +1,5 @@
-"""Open-set calibration: AUROC and ECE by hand, the false-accept threshold, the probability curve,
-the held-out-class simulation and the JSON round trip."""
+"""Open-set: the held-out-class simulation, the new-individual threshold in the decision's own
+unit (the calibrated confidence), and the report."""
 
 from __future__ import annotations
 
@@ -8,195 +8,17 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import roc_auc_score
 
+from retrieval.calibration.policy import choose_policy
 from retrieval.errors import InputError
 from retrieval.open_set import (
-    OpenSetCalibration,
-    calibrate_from_scores,
-    calibrate_open_set,
+    choose_open_set_policy,
     choose_unknown_classes,
-    expected_calibration_error,
-    open_set_scores,
-    roc_auc,
+    open_set_answers,
     simulate_open_set,
 )
 from retrieval.open_set_report import OpenSetReport, format_open_set_report, open_set_report
-
-
-def synthetic_scores(seed: int, n_known: int = 400, n_unknown: int = 100):
-    """Known top-1 cosines ~ N(0.8, 0.05), unknown ~ N(0.5, 0.1); a known match is correct
-    with probability rising with its score (so the raw cosine is not itself calibrated)."""
-    rng = np.random.default_rng(seed)
-    known = rng.normal(0.8, 0.05, n_known)
-    unknown = rng.normal(0.5, 0.1, n_unknown)
-    correct = rng.random(n_known) < np.clip(0.6 + 4 * (known - 0.7), 0, 1)
-    return known, correct, unknown
-
-
-# ------------------------------------------------------------------ AUROC
-def test_roc_auc_by_hand_with_ties() -> None:
-    # pairs (pos, neg): (.9,.5)=1 (.9,.1)=1 (.5,.5)=.5 (.5,.1)=1 (.5,.5)=.5 (.5,.1)=1 -> 5/6
-    assert roc_auc(np.array([0.9, 0.5, 0.5]), np.array([0.5, 0.1])) == pytest.approx(5 / 6)
-    assert roc_auc(np.array([1.0]), np.array([0.0])) == 1.0
-    assert roc_auc(np.array([0.0]), np.array([1.0])) == 0.0
-    assert roc_auc(np.array([0.3, 0.3]), np.array([0.3])) == 0.5
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_roc_auc_matches_sklearn(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    pos = rng.integers(0, 6, 40).astype(float)  # few distinct values: many ties
-    neg = rng.integers(0, 4, 30).astype(float)
-    expected = roc_auc_score(np.r_[np.ones(40), np.zeros(30)], np.r_[pos, neg])
-    assert roc_auc(pos, neg) == pytest.approx(expected)
-
-
-# ------------------------------------------------------------------ ECE
-def test_ece_by_hand() -> None:
-    # bin 0: p .05 vs 0 -> .05 x 1/4; bin 1: p .15 vs .5 -> .35 x 2/4; bin 9: .95 vs 1 -> .05 x 1/4
-    probabilities = np.array([0.05, 0.15, 0.15, 0.95])
-    outcomes = np.array([False, True, False, True])
-    assert expected_calibration_error(probabilities, outcomes) == pytest.approx(0.2)
-    # two bins: [0, .5) holds .05, .15, .15 (mean 1/6... vs 1/3); [.5, 1] holds .95 vs 1
-    two = abs((0.05 + 0.15 + 0.15) / 3 - 1 / 3) * 3 / 4 + 0.05 / 4
-    assert expected_calibration_error(probabilities, outcomes, n_bins=2) == pytest.approx(two)
-
-
-def test_ece_edges_and_perfect_calibration() -> None:
-    # p = 1 lands in the last bin, p = 0 in the first: both exact, so ECE is 0
-    assert expected_calibration_error(np.array([0.0, 1.0]), np.array([False, True])) == 0.0
-    p = np.array([0.25] * 4 + [0.75] * 4)
-    y = np.array([1, 0, 0, 0, 1, 1, 1, 0], dtype=bool)
-    assert expected_calibration_error(p, y) == pytest.approx(0.0)
-
-
-@pytest.mark.parametrize("bad", [np.array([1.2]), np.array([-0.1]), np.array([math.nan])])
-def test_ece_rejects_non_probabilities(bad: np.ndarray) -> None:
-    with pytest.raises(InputError):
-        expected_calibration_error(bad, np.array([True]))
-
-
-# ------------------------------------------------------------------ threshold
-def test_threshold_rule_by_hand() -> None:
-    unknown = np.linspace(0.1, 1.0, 10)  # 0.1 .. 1.0
-    cal = calibrate_open_set(
-        np.array([0.95, 0.9]), np.array([True, False]), unknown, target_false_accept_rate=0.2
-    )
-    # m = floor(0.2 * 10) = 2: threshold = 3rd highest unknown (0.8); 0.9 and 1.0 accepted
-    assert cal.threshold_score == pytest.approx(0.8)
-    assert cal.threshold_distance == pytest.approx(math.sqrt(2 - 2 * 0.8))
-    assert cal.accepts(unknown).sum() == 2
-    assert cal.accepts(np.array([0.8, 0.80001])).tolist() == [False, True]
-
-
-def test_threshold_with_ties_never_exceeds_target() -> None:
-    cal = calibrate_open_set(
-        np.array([0.9]),
-        np.array([True]),
-        np.array([0.5, 0.5, 0.5, 0.2]),
-        target_false_accept_rate=0.25,
-    )
-    assert cal.threshold_score == 0.5  # m = 1 -> 2nd highest, tied with the 1st
-    assert cal.accepts(np.array([0.5, 0.5, 0.5, 0.2])).sum() == 0
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-@pytest.mark.parametrize("target", [0.01, 0.05, 0.2])
-def test_threshold_meets_target_far(seed: int, target: float) -> None:
-    known, correct, unknown = synthetic_scores(seed)
-    cal = calibrate_open_set(known, correct, unknown, target_false_accept_rate=target)
-    far = cal.accepts(unknown).mean()
-    assert far <= target
-    assert far > target - 1 / unknown.size - 1e-12  # tight: one fewer accept is the most lost
-    assert cal.accepts(known).mean() > 0.4  # even at 1% the separated known mostly pass
-
-
-def test_looser_target_accepts_more_known() -> None:
-    known, correct, unknown = synthetic_scores(0)
-    rates = [
-        calibrate_open_set(known, correct, unknown, target_false_accept_rate=t).accepts(known)
-        for t in (0.0, 0.01, 0.05, 0.2)
-    ]
-    means = [r.mean() for r in rates]
-    assert means == sorted(means) and means[-1] > 0.95
-
-
-@pytest.mark.parametrize("target", [-0.1, 1.0, math.nan])
-def test_bad_target_is_an_input_error(target: float) -> None:
-    with pytest.raises(InputError, match="target_false_accept_rate"):
-        calibrate_open_set(
-            np.array([0.9]), np.array([True]), np.array([0.2]), target_false_accept_rate=target
-        )
-
-
-def test_no_correct_known_match_is_an_input_error() -> None:
-    with pytest.raises(InputError, match="at least one True"):
-        calibrate_open_set(np.array([0.9, 0.8]), np.array([False, False]), np.array([0.2]))
-
-
-# ------------------------------------------------------------------ probability curve
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_isotonic_curve_is_monotonic_and_improves_ece(seed: int) -> None:
-    known, correct, unknown = synthetic_scores(seed)
-    cal = calibrate_open_set(known, correct, unknown)
-    assert cal.curve.method == "isotonic" and "isotonic" in cal.note
-    grid = np.linspace(-1, 1, 2001)
-    p = cal.probability(grid)
-    assert np.all(np.diff(p) >= 0) and p.min() >= 0 and p.max() <= 1
-    assert cal.ece_after <= cal.ece_before
-    assert cal.ece_before > 0.1  # raw cosine is far from a probability here
-    # the stored curve reproduces sklearn's isotonic fit without sklearn objects
-    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-    iso.fit(np.r_[known, unknown], np.r_[correct, np.zeros(unknown.size, dtype=bool)])
-    np.testing.assert_allclose(p, iso.predict(grid), atol=1e-12)
-
-
-def test_few_points_fall_back_to_logistic() -> None:
-    known, correct, unknown = synthetic_scores(0, n_known=30, n_unknown=10)
-    cal = calibrate_open_set(known, correct, unknown)
-    assert cal.curve.method == "logistic"
-    assert "logistic" in cal.note and "40 queries" in cal.note
-    assert cal.curve.coef > 0  # higher cosine, more likely the same individual
-    p = cal.probability(np.linspace(-1, 1, 201))
-    assert np.all(np.diff(p) >= 0) and p.min() >= 0 and p.max() <= 1
-    assert cal.ece_after <= cal.ece_before
-
-
-@pytest.mark.parametrize("n_known", [30, 400])  # logistic and isotonic
-def test_json_round_trip_reproduces_probability(n_known: int) -> None:
-    known, correct, unknown = synthetic_scores(5, n_known=n_known, n_unknown=n_known // 4)
-    cal = calibrate_open_set(known, correct, unknown)
-    loaded = OpenSetCalibration.from_dict(json.loads(json.dumps(cal.to_dict())))
-    assert loaded == cal
-    grid = np.linspace(-1, 1, 301)
-    np.testing.assert_array_equal(loaded.probability(grid), cal.probability(grid))
-    np.testing.assert_array_equal(loaded.accepts(grid), cal.accepts(grid))
-
-
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda d: d.pop("threshold_score"),
-        lambda d: d["curve"].update(method="spline"),
-        lambda d: d["curve"].update(scores=[]),
-        lambda d: d.update(n_known="many"),
-    ],
-)
-def test_damaged_calibration_is_an_input_error(damage) -> None:
-    known, correct, unknown = synthetic_scores(1)
-    data = calibrate_open_set(known, correct, unknown).to_dict()
-    damage(data)
-    with pytest.raises(InputError, match="open-set calibration is damaged"):
-        OpenSetCalibration.from_dict(data)
-
-
-def test_calibration_is_deterministic() -> None:
-    known, correct, unknown = synthetic_scores(7)
-    assert calibrate_open_set(known, correct, unknown) == calibrate_open_set(
-        known, correct, unknown
-    )
+from retrieval.serving.evidence import array_evidence
 
 
 # ------------------------------------------------------------------ simulation
@@ -261,35 +83,61 @@ def test_simulate_needs_known_and_unknown_queries(unknown: list[int]) -> None:
         simulate_open_set(g_labels, g_emb, q_labels, q_emb, np.array(unknown, dtype=np.int64))
 
 
+def _policy(g_labels, g_emb, q_labels, q_emb):
+    """A policy chosen on the full gallery, as the product stores it before --open_set."""
+    evidence = array_evidence(q_emb, g_emb, g_labels, int(g_labels.max()) + 1, need_means=True)
+    return choose_policy(evidence, q_labels)
+
+
 def test_end_to_end_report_on_clustered_embeddings() -> None:
     g_labels, g_emb, q_labels, q_emb = clustered(1, n_classes=12)
+    policy = _policy(g_labels, g_emb, q_labels, q_emb)
     unknown = choose_unknown_classes(np.unique(q_labels), fraction=0.25, seed=0)
     data = simulate_open_set(g_labels, g_emb, q_labels, q_emb, unknown)
-    scores = open_set_scores(data, top_n=20)
-    assert scores.top1_scores.shape == (36,)
-    assert not scores.top1_correct[scores.is_unknown].any()
-    assert scores.top1_correct[~scores.is_unknown].mean() > 0.9  # tight clusters
-    assert np.all((scores.vote_confidence > 0) & (scores.vote_confidence <= 1))
-    cal = calibrate_from_scores(scores, target_false_accept_rate=0.1)
-    report = open_set_report(scores, cal)
+    answers = open_set_answers(data, policy, n_classes=12)
+    assert answers.top1_scores.shape == (36,)
+    assert not answers.correct[answers.is_unknown].any()
+    assert answers.correct[~answers.is_unknown].mean() > 0.9  # tight clusters
+    checked = choose_open_set_policy(answers, policy, 0.1)
+    assert checked.unknown_min_confidence > 0 and checked.evidence["open_set"]["n_unknown"] == 9
+    answers = open_set_answers(data, checked, n_classes=12)
+    report = open_set_report(answers, checked.threshold, 0.1)
     assert isinstance(report, OpenSetReport)
     assert (report.n_known, report.n_unknown) == (27, 9)
     assert report.false_accept_rate <= 0.1
     assert report.auroc_top1_cosine > 0.9
-    assert report.auroc == max(report.auroc_top1_cosine, report.auroc_vote_confidence)
-    assert report.threshold == cal.threshold_score
     json.dumps(report.to_dict(), allow_nan=False)  # NaN-free, JSON-ready
     text = format_open_set_report(report)
-    assert f"{report.auroc_top1_cosine:.4f}" in text and f"{report.threshold:.4f}" in text
-    assert "logistic" in text  # 36 queries: too few for isotonic, and the report says so
+    assert f"{report.auroc_confidence:.4f}" in text and f"{report.threshold:.4f}" in text
+
+
+def test_stored_check_declines_new_individuals_in_decide() -> None:
+    """With the threshold in the policy, decide itself declines what the check would."""
+    g_labels, g_emb, q_labels, q_emb = clustered(3, n_classes=12)
+    policy = _policy(g_labels, g_emb, q_labels, q_emb)
+    data = simulate_open_set(g_labels, g_emb, q_labels, q_emb, np.array([0, 5, 9]))
+    before = open_set_answers(data, policy, n_classes=12)
+    checked = choose_open_set_policy(before, policy, 0.0)
+    after = open_set_answers(data, checked, n_classes=12)
+    assert not any(d.accepted for d, u in zip(after.decisions, after.is_unknown, strict=True) if u)
+    # one unit: a decision is accepted exactly when its confidence reaches the threshold
+    for d in after.decisions:
+        assert d.accepted == (d.confidence >= checked.threshold)
+
+
+@pytest.mark.parametrize("far", [-0.1, 1.0])
+def test_bad_false_accept_rate_is_an_input_error(far: float) -> None:
+    g_labels, g_emb, q_labels, q_emb = clustered(2)
+    data = simulate_open_set(g_labels, g_emb, q_labels, q_emb, np.array([0, 1]))
+    answers = open_set_answers(data, _policy(g_labels, g_emb, q_labels, q_emb), n_classes=10)
+    with pytest.raises(InputError, match="false-accept"):
+        choose_open_set_policy(answers, _policy(g_labels, g_emb, q_labels, q_emb), far)
 
 
 def test_report_nan_accuracy_becomes_none() -> None:
     g_labels, g_emb, q_labels, q_emb = clustered(2)
     data = simulate_open_set(g_labels, g_emb, q_labels, q_emb, np.array([0, 1]))
-    scores = open_set_scores(data, top_n=5)
-    cal = calibrate_from_scores(scores, target_false_accept_rate=0.0)
-    strict = OpenSetCalibration.from_dict({**cal.to_dict(), "threshold_score": 2.0})
-    report = open_set_report(scores, strict)  # accepts nothing
+    answers = open_set_answers(data, _policy(g_labels, g_emb, q_labels, q_emb), n_classes=10)
+    report = open_set_report(answers, 1.5, 0.05)  # accepts nothing
     assert report.known_accept_rate == 0.0 and math.isnan(report.accuracy_on_accepted_known)
     assert report.to_dict()["accuracy_on_accepted_known"] is None

@@ -7,7 +7,6 @@ so the rule, calibrator and thresholds are chosen on the inputs they will meet.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,13 +49,14 @@ def choose_gallery_policy(
     return choose_policy(evidence, truth, target_accuracy=target_accuracy)
 
 
-def set_gallery_policy(gallery: Gallery, policy: DecisionPolicy | None, *, why: str) -> None:
-    """Store ``policy`` (keeping an open-set check already chosen) and log it in the history."""
+def set_gallery_policy(gallery: Gallery, policy: DecisionPolicy | None, *, why: str) -> str:
+    """Store ``policy`` and log it in the history; returns a note when a new-individual check
+    chosen for the old gallery was dropped (it belongs to the old calibrator)."""
     if policy is None:
-        return
+        return ""
+    note = ""
     if gallery.policy is not None and gallery.policy.unknown_min_confidence > 0:
-        keep = gallery.policy.unknown_min_confidence
-        policy = replace(policy, unknown_min_confidence=keep)
+        note = "; the new-individual check was dropped: re-run evaluate.py --open_set"
     gallery.policy = policy
     gallery.history.append(
         {
@@ -69,6 +69,7 @@ def set_gallery_policy(gallery: Gallery, policy: DecisionPolicy | None, *, why: 
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
     )
+    return note
 
 
 def choose_expansion(

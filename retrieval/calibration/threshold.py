@@ -47,4 +47,4 @@ def threshold_for_unknowns(unknown_confidence: np.ndarray, false_accept_rate: fl
     m = math.floor(false_accept_rate * u.size + 1e-9)
     if m >= u.size:
         return 0.0
-    return float(min(1.0, np.nextafter(u[m], np.inf)))
+    return float(np.nextafter(u[m], np.inf))

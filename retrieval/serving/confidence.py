@@ -89,4 +89,7 @@ class Calibrator:
                 **tuples,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"stored confidence calibrator is damaged ({exc})") from None
+            raise InputError(
+                f"the stored confidence calibrator is damaged ({exc}); rebuild the gallery "
+                "with --rebuild_gallery to fit it again on val"
+            ) from None

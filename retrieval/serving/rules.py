@@ -93,7 +93,10 @@ class Rule:
                 power=float(data["power"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"stored decision rule is damaged ({exc}): {data!r}") from None
+            raise InputError(
+                f"the stored decision rule is damaged ({exc}: {data!r}); rebuild the gallery "
+                "with --rebuild_gallery to choose it again on val"
+            ) from None
 
 
 def per_class_best(evidence: QueryEvidence) -> np.ndarray:
