@@ -105,8 +105,8 @@ def _run(args: argparse.Namespace) -> int:
 def _onnx_workspace(args: argparse.Namespace, workdir: Path):
     """The torch-free path: an exported model and the gallery the checkpoint saved."""
     from retrieval.errors import InputError
-    from retrieval.gallery import GALLERY_FOLDER
     from retrieval.onnx_embed import open_onnx_workspace
+    from retrieval.serving.gallery import GALLERY_FOLDER
 
     if args.enroll or args.remove or args.rebuild_gallery or args.tta != "none":
         raise InputError(

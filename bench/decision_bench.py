@@ -7,8 +7,8 @@ For each query the product decides with ``retrieval.serving.decide`` under the p
 on the same embeddings: every candidate rule at full coverage, PyTorch Metric Learning's
 majority of the top k (``AccuracyCalculator``-style k-NN vote) and wildlife-tools'
 ``KnnClassifier(k=1)``. With held-out individuals (dogfacenet), the open set: the
-new-individual check chosen on val (held-out val classes, ``retrieval.open_set``) applied to
-test photos of known dogs mixed with photos of dogs never trained on.
+new-individual check chosen on val (held-out val classes, ``retrieval.calibration.open_set``)
+applied to test photos of known dogs mixed with photos of dogs never trained on.
 
     python bench/decision_bench.py --dataset dogfacenet --classes 0 --kind floor \
         --image_size 256 --out runs/decision
@@ -32,16 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ablation_data import DATASETS, dataset_records
 from ablation_score import _model
 
-from retrieval.calibration.policy import CANDIDATES, SEED_RULE, choose_policy, score_rule
-from retrieval.data.transforms import build_eval_transform
-from retrieval.device import prepare_environment
-from retrieval.embed import extract_embeddings
-from retrieval.open_set import (
+from retrieval.calibration.open_set import (
     choose_open_set_policy,
     choose_unknown_classes,
     open_set_answers,
     simulate_open_set,
 )
+from retrieval.calibration.policy import CANDIDATES, SEED_RULE, choose_policy, score_rule
+from retrieval.data.transforms import build_eval_transform
+from retrieval.device import prepare_environment
+from retrieval.embed import extract_embeddings
 from retrieval.open_set_report import open_set_report
 from retrieval.report.selective import selective_report
 from retrieval.serving.decide import decide

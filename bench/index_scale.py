@@ -217,7 +217,7 @@ def build_and_save(
     args: argparse.Namespace, gallery_vecs: np.ndarray, stages: Stages, root: Path
 ) -> tuple[Path, dict[str, int], bool | None]:
     """Gallery.build then Gallery.save into ``root``; returns (folder, file sizes, use_gpu)."""
-    from retrieval.gallery import Gallery
+    from retrieval.serving.gallery import Gallery
 
     use_gpu = {"auto": None, "cpu": False, "gpu": True}[args.device]
     rng = np.random.default_rng(args.seed + 1)
@@ -279,7 +279,7 @@ def timed_searches(args, gal, gallery_vecs: np.ndarray, queries: np.ndarray, sta
 
 def run(args: argparse.Namespace) -> dict:
     """All stages in order; returns the JSON-able result."""
-    from retrieval.gallery import Gallery
+    from retrieval.serving.gallery import Gallery
 
     stages = Stages()
     threads = thread_settings(args.faiss_threads)

@@ -31,7 +31,7 @@ from retrieval.io import read_json
 
 if TYPE_CHECKING:
     from retrieval.data.records import ImageRecord
-    from retrieval.gallery import Gallery
+    from retrieval.serving.gallery import Gallery
 
 SIDECAR_FORMAT = 1
 SIDECAR_KIND = "retrieval-onnx-embedder"
@@ -220,7 +220,7 @@ def open_onnx_workspace(
     The gallery must come from the same checkpoint (fingerprints compared) and be built
     without TTA; it is never rebuilt here, since that needs the training data and PyTorch.
     """
-    from retrieval.gallery import Gallery, gallery_exists  # faiss: only when searching
+    from retrieval.serving.gallery import Gallery, gallery_exists  # faiss: only when searching
 
     embedder = OnnxEmbedder(onnx_path)
     if not gallery_exists(gallery_root):

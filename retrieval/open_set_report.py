@@ -1,7 +1,8 @@
 """How the new-individual check does on an open-set mix: AUROC, false accepts, and the
 selective report of the decisions a user would get.
 
-Kept apart from :mod:`retrieval.open_set` (which simulates and chooses) so each stays small.
+Kept apart from :mod:`retrieval.calibration.open_set` (which simulates and chooses) so each
+stays small.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from retrieval.open_set import OpenSetAnswers
+from retrieval.calibration.open_set import OpenSetAnswers
 from retrieval.selective import roc_auc
 
 

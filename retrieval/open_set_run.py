@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.data.records import ImageRecord, labels_of
-from retrieval.io import write_json_atomic
-from retrieval.open_set import (
+from retrieval.calibration.open_set import (
     OpenSetAnswers,
     choose_open_set_policy,
     choose_unknown_classes,
     open_set_answers,
     simulate_open_set,
 )
+from retrieval.data.records import ImageRecord, labels_of
+from retrieval.io import write_json_atomic
 from retrieval.open_set_report import OpenSetReport, open_set_report
 from retrieval.report.selective import SelectiveReport, selective_report, write_selective
 from retrieval.serving.decide import DecisionPolicy

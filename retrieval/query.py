@@ -82,7 +82,7 @@ def answer_images(
     ws: Workspace | OnnxWorkspace, inputs: list[str], *, top_k: int = 5, expand: bool = False
 ) -> list[QueryAnswer]:
     """Top-k matches and the decision for every image in ``inputs``; ``expand``: search with
-    the gallery's stored query expansion (``retrieval.expansion``) and its own policy."""
+    the gallery's stored query expansion (``retrieval.serving.expansion``) and its own policy."""
     if top_k < 1:
         raise InputError(f"--top_k must be >= 1, got {top_k}")
     paths, errors = collect_images(inputs)

@@ -24,9 +24,9 @@ from retrieval.data.transforms import build_eval_transform
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
 from retrieval.embed import extract_embeddings
 from retrieval.errors import InputError
-from retrieval.gallery import GALLERY_FOLDER, Gallery, gallery_exists
 from retrieval.inference import LoadedModel, load_inference_model
 from retrieval.serving.decide import TARGET_ACCURACY
+from retrieval.serving.gallery import GALLERY_FOLDER, Gallery, gallery_exists
 
 
 @dataclass(frozen=True)

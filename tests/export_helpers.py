@@ -17,9 +17,9 @@ from retrieval.data.records import ImageRecord
 from retrieval.data.transforms import build_eval_transform
 from retrieval.device import plan_runtime, probe_device
 from retrieval.embed import extract_embeddings
-from retrieval.gallery import Gallery
 from retrieval.inference import load_inference_model
 from retrieval.model.embedder import build_embedding_model
+from retrieval.serving.gallery import Gallery
 from retrieval.workspace import gallery_fingerprint
 
 IMAGE_SIZE = 48

@@ -18,7 +18,7 @@ from conftest import make_image, train_tiny
 import evaluate
 import search
 from retrieval import checkpoint as ckpt
-from retrieval.gallery import Gallery
+from retrieval.serving.gallery import Gallery
 
 REPO = Path(__file__).resolve().parents[1]
 

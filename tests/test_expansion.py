@@ -15,12 +15,12 @@ import search
 from retrieval.calibration.gallery_policy import choose_expansion
 from retrieval.calibration.policy import choose_policy
 from retrieval.errors import InputError
-from retrieval.expansion import GalleryExpansion
-from retrieval.gallery import Gallery
 from retrieval.metrics import evaluate_retrieval
 from retrieval.neighbours import alpha_query_expansion, database_augmentation, top_k_cosine
 from retrieval.serving.decide import DecisionPolicy
 from retrieval.serving.evidence import array_evidence
+from retrieval.serving.expansion import GalleryExpansion
+from retrieval.serving.gallery import Gallery
 
 
 def _split(seed: int, n_ids: int = 10, per_id: int = 4, dim: int = 16):

@@ -30,9 +30,7 @@ from PIL import Image
 from retrieval.class_prior import DEFAULT_PARAMS
 from retrieval.data.transforms import build_eval_transform
 from retrieval.errors import InputError
-from retrieval.expansion import GalleryExpansion
 from retrieval.export import export_onnx, main
-from retrieval.gallery import Gallery
 from retrieval.inference import load_inference_model
 from retrieval.input_norm import IMAGENET, resolve_input_norm
 from retrieval.onnx_embed import (
@@ -45,6 +43,8 @@ from retrieval.onnx_embed import (
 )
 from retrieval.pairs_query import choose_pair_options, score_pairs_file
 from retrieval.query import answer_images
+from retrieval.serving.expansion import GalleryExpansion
+from retrieval.serving.gallery import Gallery
 from retrieval.workspace import Workspace, gallery_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]

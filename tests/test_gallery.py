@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.gallery import Gallery
+from retrieval.serving.gallery import Gallery
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:

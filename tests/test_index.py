@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from faiss.contrib.evaluation import check_ref_knn_with_draws
 
-from retrieval import index as index_module
 from retrieval.errors import InputError
-from retrieval.index import FlatIndex, SearchResult, normalize, similarity_matrix
+from retrieval.serving import index as index_module
+from retrieval.serving.index import FlatIndex, SearchResult, normalize, similarity_matrix
 
 DIM = 16
 

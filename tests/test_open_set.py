@@ -9,14 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from retrieval.calibration.policy import choose_policy
-from retrieval.errors import InputError
-from retrieval.open_set import (
+from retrieval.calibration.open_set import (
     choose_open_set_policy,
     choose_unknown_classes,
     open_set_answers,
     simulate_open_set,
 )
+from retrieval.calibration.policy import choose_policy
+from retrieval.errors import InputError
 from retrieval.open_set_report import OpenSetReport, format_open_set_report, open_set_report
 from retrieval.serving.evidence import array_evidence
 

@@ -15,14 +15,14 @@ from retrieval import neighbours
 from retrieval.calibration.policy import choose_policy
 from retrieval.data.records import ImageRecord
 from retrieval.errors import InputError
-from retrieval.expansion import GalleryExpansion
 from retrieval.rerank_tune import tune_gallery_qe
 from retrieval.serving.decide import TARGET_ACCURACY, DecisionPolicy
 from retrieval.serving.evidence import array_evidence, gallery_evidence
+from retrieval.serving.expansion import GalleryExpansion
 
 if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
-    from retrieval.gallery import Gallery
     from retrieval.onnx_embed import OnnxWorkspace
+    from retrieval.serving.gallery import Gallery
     from retrieval.workspace import Workspace
 
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrieval.index import FlatIndex
+from retrieval.serving.index import FlatIndex
 from retrieval.serving.rules import QueryEvidence
 
 if TYPE_CHECKING:
-    from retrieval.gallery import Gallery, GalleryHits
+    from retrieval.serving.gallery import Gallery, GalleryHits
 
 EVIDENCE_K = 50  # gallery hits each decision reads: the longest vote among the candidates
 

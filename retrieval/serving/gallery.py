@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.errors import InputError
-from retrieval.expansion import GalleryExpansion, augment_gallery, expand_queries
-from retrieval.index import FlatIndex, SearchResult
 from retrieval.io import read_json, write_json_atomic
 from retrieval.serving import evidence
 from retrieval.serving.decide import DecisionPolicy
+from retrieval.serving.expansion import GalleryExpansion, augment_gallery, expand_queries
+from retrieval.serving.index import FlatIndex, SearchResult
 
 POINTER = "current.json"
 GALLERY_FOLDER = "gallery"  # <workdir>/gallery
