@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from retrieval import metrics
 from retrieval.errors import InputError
-from retrieval.metrics import average_precision
 
 
 def holdout_pairs(images: list[str]) -> pd.DataFrame:
@@ -28,7 +28,7 @@ def identity_balanced_map(
     """(identity-balanced mAP, per-identity mean AP) of ``similarity`` (one value per row).
 
     Queries with no other image of their identity among their gallery rows are skipped, as
-    they have no relevant item to rank.
+    they have no relevant item to rank (``metrics.identity_balanced_map``'s rule).
     """
     if len(similarity) != len(pairs):
         raise InputError(f"{len(similarity)} similarities for {len(pairs)} pairs")
@@ -36,13 +36,15 @@ def identity_balanced_map(
     if missing:
         raise InputError(f"no label for {len(missing)} query image(s), e.g. {missing[:3]}")
     frame = pairs.assign(similarity=np.asarray(similarity, dtype=np.float64))
-    per_identity: dict[str, list[float]] = {}
+    names = sorted(set(labels.values()))
+    ap, identity, scorable = [], [], []
     for query, rows in frame.groupby("query_image", sort=True):
         ranked = rows.sort_values("similarity", ascending=False, kind="stable")
         relevant = ranked["gallery_image"].map(labels).to_numpy() == labels[query]
-        if relevant.any():
-            per_identity.setdefault(labels[query], []).append(average_precision(relevant))
-    if not per_identity:
-        raise InputError("no query has a same-identity gallery image: nothing to score")
-    means = {name: float(np.mean(aps)) for name, aps in sorted(per_identity.items())}
-    return float(np.mean(list(means.values()))), means
+        ap.append(metrics.average_precision(relevant))
+        identity.append(names.index(labels[query]))
+        scorable.append(bool(relevant.any()))
+    balanced, per_class = metrics.identity_balanced_map(
+        np.array(ap), np.array(identity), np.array(scorable, dtype=bool)
+    )
+    return balanced, {names[c]: value for c, value in per_class.items()}

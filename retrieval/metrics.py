@@ -23,7 +23,8 @@ SCORE_CHUNK_ELEMENTS = 1 << 22  # query x gallery scores held at once (~16 MB fl
 class RetrievalMetrics:
     """Scores of one query set against one gallery.
 
-    per_class_ap maps each query class label to the mean AP of its queries.
+    per_class_ap maps each query class label to the mean AP of its queries. n_queries counts
+    the scored queries; n_unscorable the ones left out (no gallery item of their class).
     """
 
     recall_at_1: float
@@ -32,6 +33,7 @@ class RetrievalMetrics:
     identity_balanced_map: float
     per_class_ap: dict[int, float]
     n_queries: int
+    n_unscorable: int = 0
 
 
 def _int_labels(labels: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
@@ -46,22 +48,37 @@ def _int_labels(labels: np.ndarray, name: str, n: int | None = None) -> np.ndarr
     return labels.astype(np.int64)
 
 
-def unit_rows(x: np.ndarray, name: str) -> np.ndarray:
-    """(N, D) -> (N, D) contiguous float32 unit rows; empty input, NaN/inf or zero rows refused.
-
-    Rows that are unit already (a model's output) come back without a copy, which matters for
-    a large gallery.
+def unit_rows(x: np.ndarray, name: str, *, allow_empty: bool = False) -> np.ndarray:
+    """(N, D) -> (N, D) C-contiguous float32 unit rows, so inner products are cosines: the one
+    normalisation of the package. Rows with NaN/inf or no direction (zero norm) are refused,
+    naming the row; so is an empty array unless ``allow_empty`` (an empty gallery). Rows that
+    are unit already (a model's output) come back without a copy, which matters for a large
+    gallery.
     """
     x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise InputError(f"{name} must be a non-empty (N, D) array, got shape {x.shape}")
+    if x.ndim != 2 or x.shape[1] == 0 or (x.shape[0] == 0 and not allow_empty):
+        raise InputError(
+            f"{name} must be a non-empty 2-D (N, D) array, got shape {x.shape}; reshape first"
+        )
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[0] == 0:
+        return x
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise InputError(
+            f"{name} row {bad} contains NaN or inf; only finite values are allowed, check the "
+            "model output (e.g. fp16 overflow)"
+        )
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if not (np.isfinite(norms).all() and (norms > 1e-12).all()):
-        raise InputError(f"{name} has NaN/inf or zero rows; fix the embeddings first")
+    bad_rows = np.flatnonzero(~(np.isfinite(norms[:, 0]) & (norms[:, 0] > 1e-12)))
+    if bad_rows.size:
+        raise InputError(
+            f"{name} row {int(bad_rows[0])} has zero (or overflowing) norm and no direction; "
+            "drop it or fix the model output"
+        )
     if np.abs(norms - 1.0).max() <= 1e-6:
         return x
-    return x / norms
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
 
 
 def recall_at_k(query_labels: np.ndarray, ranked_gallery_labels: np.ndarray, k: int) -> float:
@@ -106,6 +123,20 @@ def average_precision(relevant: np.ndarray) -> float:
     return float(average_precision_rows(relevant.astype(bool)[None, :])[0])
 
 
+def identity_balanced_map(
+    ap: np.ndarray, labels: np.ndarray, scorable: np.ndarray
+) -> tuple[float, dict[int, float]]:
+    """The one rule for every identity-balanced figure: queries with no other photo of their
+    individual to rank (``scorable`` False) are left out, as in Kaggle re-ID scoring and
+    PyTorch Metric Learning's AccuracyCalculator; the rest are averaged per identity, then
+    over identities. ap, labels, scorable: (Q,). Returns (mAP, per-identity mean AP)."""
+    ap, labels = np.asarray(ap)[scorable], np.asarray(labels)[scorable]
+    if ap.size == 0:
+        raise InputError("no query has another photo of its individual to rank: nothing to score")
+    per_class = {int(c): float(ap[labels == c].mean()) for c in np.unique(labels)}
+    return float(np.mean(list(per_class.values()))), per_class
+
+
 def _rank_chunks(
     queries: np.ndarray,
     gallery: np.ndarray,
@@ -139,8 +170,9 @@ def evaluate_retrieval(
 
     query_embeddings: (Q, D), gallery_embeddings: (G, D) (normalised here); labels (Q,), (G,)
     int. exclude_self: the query set *is* the gallery (pass the same arrays); row i is then left
-    out of query i's ranking. Queries whose class has no gallery item are kept: AP 0 and a
-    recall miss. Recall@5 uses the whole ranking when it has fewer than 5 items.
+    out of query i's ranking. Queries whose class has no gallery item are left out of every
+    figure (``identity_balanced_map``'s rule) and counted. Recall@5 uses the whole ranking when
+    it has fewer than 5 items.
     """
     queries = unit_rows(query_embeddings, "query_embeddings")
     gallery = unit_rows(gallery_embeddings, "gallery_embeddings")
@@ -160,18 +192,22 @@ def evaluate_retrieval(
     if n_ranked < 1:
         raise InputError("the gallery needs at least one item besides the query itself")
     ap = np.empty(queries.shape[0], dtype=np.float64)
+    scorable = np.empty(queries.shape[0], dtype=bool)
     top5 = np.empty((queries.shape[0], min(5, n_ranked)), dtype=np.int64)
     for start, ranked, relevant in _rank_chunks(queries, gallery, g_labels, q_labels, exclude_self):
         ap[start : start + len(ranked)] = average_precision_rows(relevant)
+        scorable[start : start + len(ranked)] = relevant.any(axis=1)
         top5[start : start + len(ranked)] = ranked[:, : top5.shape[1]]
-    per_class_ap = {int(c): float(ap[q_labels == c].mean()) for c in np.unique(q_labels)}
+    balanced, per_class_ap = identity_balanced_map(ap, q_labels, scorable)
+    q_labels, top5 = q_labels[scorable], top5[scorable]
     return RetrievalMetrics(
         recall_at_1=recall_at_k(q_labels, top5, 1),
         recall_at_5=recall_at_k(q_labels, top5, top5.shape[1]),
-        map=float(ap.mean()),
-        identity_balanced_map=float(np.mean(list(per_class_ap.values()))),
+        map=float(ap[scorable].mean()),
+        identity_balanced_map=balanced,
         per_class_ap=per_class_ap,
-        n_queries=int(queries.shape[0]),
+        n_queries=int(scorable.sum()),
+        n_unscorable=int((~scorable).sum()),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import InputError
-from retrieval.metrics import average_precision_rows, evaluate_retrieval
+from retrieval.metrics import average_precision_rows, evaluate_retrieval, identity_balanced_map
 from retrieval.neighbours import expand_against_gallery
 from retrieval.rerank import METHODS, rerank_similarity_matrix
 
@@ -59,12 +59,7 @@ def set_identity_map(similarity: np.ndarray, labels: np.ndarray) -> float:
     np.fill_diagonal(s, -np.inf)
     order = np.argsort(-s, axis=1, kind="stable")[:, :-1]  # the query itself ranks last
     relevant = labels[order] == labels[:, None]
-    has = relevant.any(axis=1)
-    if not has.any():
-        raise InputError("no identity has two photos in this set: nothing to score")
-    ap = average_precision_rows(relevant[has])
-    kept = labels[has]
-    return float(np.mean([ap[kept == c].mean() for c in np.unique(kept)]))
+    return identity_balanced_map(average_precision_rows(relevant), labels, relevant.any(axis=1))[0]
 
 
 def score_set(embeddings: np.ndarray, labels: np.ndarray, method: str, params: dict) -> float:

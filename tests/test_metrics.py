@@ -14,6 +14,7 @@ from retrieval.metrics import (
     confusion_matrix,
     confusion_pairs,
     evaluate_retrieval,
+    identity_balanced_map,
     recall_at_k,
 )
 
@@ -89,15 +90,17 @@ def test_identity_balanced_differs_from_micro_when_imbalanced() -> None:
 def _sklearn_reference(queries, query_labels, gallery, gallery_labels, exclude_self=False):
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-    aps = []
+    aps, kept = [], []
     for i in range(len(q)):
         scores = g @ q[i]
         relevant = gallery_labels == query_labels[i]
         if exclude_self:
             scores, relevant = np.delete(scores, i), np.delete(relevant, i)
-        aps.append(average_precision_score(relevant, scores) if relevant.any() else 0.0)
-    aps = np.array(aps)
-    per_class = [aps[query_labels == c].mean() for c in np.unique(query_labels)]
+        if relevant.any():  # a query with nothing of its own to rank is not scored
+            aps.append(average_precision_score(relevant, scores))
+            kept.append(query_labels[i])
+    aps, kept = np.array(aps), np.array(kept)
+    per_class = [aps[kept == c].mean() for c in np.unique(kept)]
     return aps.mean(), float(np.mean(per_class))
 
 
@@ -115,7 +118,7 @@ def test_evaluate_retrieval_matches_sklearn(
     micro, balanced = _sklearn_reference(queries, query_labels, gallery, gallery_labels)
     assert result.map == pytest.approx(micro, abs=1e-9)
     assert result.identity_balanced_map == pytest.approx(balanced, abs=1e-9)
-    assert result.per_class_ap[6] == 0.0
+    assert 6 not in result.per_class_ap and result.n_unscorable == 1
 
 
 def test_exclude_self_matches_reference() -> None:
@@ -131,14 +134,25 @@ def test_exclude_self_matches_reference() -> None:
     assert without.recall_at_1 < 1.0
 
 
-def test_query_class_missing_from_gallery_counts_as_miss() -> None:
+def test_query_class_missing_from_gallery_is_left_out_and_counted() -> None:
+    """One rule everywhere: a query with nothing of its own to rank is not scored (as in
+    PyTorch Metric Learning and Kaggle re-ID scoring), and the count says so."""
     gallery = _angles([0, 90])
     result = evaluate_retrieval(_angles([1, 1]), np.array([0, 5]), gallery, np.array([0, 1]))
-    assert result.n_queries == 2
-    assert result.recall_at_1 == pytest.approx(0.5)
-    assert result.recall_at_5 == pytest.approx(0.5)  # small gallery: recall@5 = recall@2
-    assert result.per_class_ap == {0: 1.0, 5: 0.0}
-    assert result.map == pytest.approx(0.5)
+    assert (result.n_queries, result.n_unscorable) == (1, 1)
+    assert result.recall_at_1 == 1.0 and result.recall_at_5 == 1.0
+    assert result.per_class_ap == {0: 1.0}
+    assert result.map == 1.0 and result.identity_balanced_map == 1.0
+
+
+def test_identity_balanced_map_by_hand() -> None:
+    ap = np.array([1.0, 0.5, 0.2, 0.9])
+    labels = np.array([0, 0, 1, 2])
+    scorable = np.array([True, True, True, False])
+    balanced, per_class = identity_balanced_map(ap, labels, scorable)
+    assert per_class == {0: 0.75, 1: 0.2} and balanced == pytest.approx(0.475)
+    with pytest.raises(InputError, match="nothing to score"):
+        identity_balanced_map(ap, labels, np.zeros(4, dtype=bool))
 
 
 @pytest.mark.parametrize(
@@ -147,7 +161,7 @@ def test_query_class_missing_from_gallery_counts_as_miss() -> None:
         ({"query_embeddings": np.ones((2, 3))}, "width"),
         ({"query_labels": np.array([0.0, 1.0])}, "integer"),
         ({"query_labels": np.array([0, 1, 2])}, "entries"),
-        ({"query_embeddings": np.array([[1.0, 0.0], [0.0, 0.0]])}, "zero rows"),
+        ({"query_embeddings": np.array([[1.0, 0.0], [0.0, 0.0]])}, "row 1 has zero"),
         ({"exclude_self": True}, "exclude_self"),
     ],
 )

@@ -45,7 +45,7 @@ def test_perfect_and_reversed_rankings():
     assert set_identity_map(good, labels) == 1.0
     bad = 1.0 - good
     assert set_identity_map(bad, labels) == pytest.approx(1.0 / 3.0)
-    with pytest.raises(InputError, match="two photos"):
+    with pytest.raises(InputError, match="nothing to score"):
         set_identity_map(good, np.arange(4))
 
 

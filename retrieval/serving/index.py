@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from retrieval.errors import InputError
+from retrieval.metrics import unit_rows
 
 QUERY_CHUNK_ROWS = 4096
 GPU_MAX_K = 2048  # largest k the faiss GPU k-selection supports
@@ -45,32 +46,8 @@ class SearchResult:
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-    """Return unit rows so inner products are cosines; reject rows that have no direction.
-
-    x: (N, D) array of any real dtype. Returns (N, D) float32, C-contiguous, L2-normalised.
-    """
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise InputError(
-            f"embeddings must be a 2-D (N, D) array, got shape {x.shape}; reshape before use"
-        )
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[0] == 0:
-        return x
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise InputError(
-            f"embeddings row {bad} contains NaN or inf; only finite values are allowed, "
-            "check the model output (e.g. fp16 overflow)"
-        )
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    bad_rows = np.flatnonzero(~(np.isfinite(norms[:, 0]) & (norms[:, 0] > 1e-12)))
-    if bad_rows.size:
-        raise InputError(
-            f"embeddings row {int(bad_rows[0])} has zero (or overflowing) norm and no direction; "
-            "drop it or fix the model output"
-        )
-    return np.ascontiguousarray(x / norms, dtype=np.float32)
+    """Unit float32 rows of ``x`` (N, D), N = 0 allowed (``metrics.unit_rows``)."""
+    return unit_rows(x, "embeddings", allow_empty=True)
 
 
 def similarity_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
