@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retrieval.data.images import load_rgb
+import numpy as np
+
+from retrieval.data.images import image_size, load_rgb
 from retrieval.data.records import ImageRecord
 from retrieval.data.scan import IMAGE_EXTENSIONS
 from retrieval.errors import InputError
@@ -67,15 +69,38 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[QueryAnswer]]:
     return found, errors
 
 
-def _readable(paths: list[Path]) -> tuple[list[Path], list[QueryAnswer]]:
+def _readable(paths: list[Path], *, decode: bool) -> tuple[list[Path], list[QueryAnswer]]:
+    """Split off files that are not images. ``decode=False`` reads headers only (cheap: the
+    pixels are decoded once, by the embedding); ``decode=True`` decodes each file, to find a
+    truncated one after the embedding failed on it."""
     good, errors = [], []
     for path in paths:
         try:
-            load_rgb(path)
+            load_rgb(path) if decode else image_size(path)
             good.append(path)
         except InputError as err:
             errors.append(QueryAnswer(image=str(path), error=str(err)))
     return good, errors
+
+
+def _embed_once(
+    ws: Workspace | OnnxWorkspace, paths: list[Path]
+) -> tuple[list[Path], np.ndarray, list[QueryAnswer]]:
+    """Embed the photos, each decoded once; when one turns out truncated, it is reported and
+    the rest embedded again. Returns the embedded paths, (N, D) embeddings and error answers."""
+    paths, errors = _readable(paths, decode=False)
+    if not paths:
+        return [], np.zeros((0, 0), dtype=np.float32), errors
+    records = [ImageRecord(path=p.resolve(), label="", group=p.stem) for p in paths]
+    try:
+        return paths, ws.embed(records, desc="queries", progress=len(paths) > 16), errors
+    except (InputError, RuntimeError):  # a loader worker wraps UnreadableImage in RuntimeError
+        paths, truncated = _readable(paths, decode=True)
+        if not truncated:
+            raise  # not a photo's fault
+        records = [ImageRecord(path=p.resolve(), label="", group=p.stem) for p in paths]
+        embeddings = ws.embed(records, desc="queries", progress=len(paths) > 16)
+        return paths, embeddings, errors + truncated
 
 
 def answer_images(
@@ -86,12 +111,10 @@ def answer_images(
     if top_k < 1:
         raise InputError(f"--top_k must be >= 1, got {top_k}")
     paths, errors = collect_images(inputs)
-    paths, unreadable = _readable(paths)
+    paths, embeddings, unreadable = _embed_once(ws, paths)
     errors += unreadable
     if not paths:
         return errors
-    records = [ImageRecord(path=p.resolve(), label="", group=p.stem) for p in paths]
-    embeddings = ws.embed(records, desc="queries", progress=len(paths) > 16)
     policy = ws.gallery.policy_for(expand=expand)
     evidence, hits = gallery_evidence(
         ws.gallery,

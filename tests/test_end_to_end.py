@@ -320,3 +320,22 @@ def test_embed_timer_counts_a_single_batch_too(trained):
             timer=timer,
         )
         assert timer.images == expected and timer.images_per_s > 0
+
+
+def test_search_reports_a_truncated_and_a_non_image_file_and_answers_the_rest(
+    trained, tmp_path, capsys
+):
+    """Headers are checked first and pixels decoded once, by the embedding; a file that only
+    fails to decode (truncated) is found then, reported, and the rest still answered."""
+    data, workdir = trained
+    good = next((data / "red").glob("*.jpg"))
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(good.read_bytes()[:-200])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    argv = [str(good), str(truncated), str(text), "--workdir", str(workdir), "--format", "json"]
+    assert search.main(argv) == 1
+    answers = {a["image"]: a for a in json.loads(capsys.readouterr().out)}
+    assert answers[str(good)]["status"] in ("accepted", "unclassifiable")
+    assert answers[str(truncated)]["status"] == answers[str(text)]["status"] == "error"
+    assert "cannot read image" in answers[str(truncated)]["reason"]
