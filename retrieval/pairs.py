@@ -9,14 +9,13 @@ read and written as text so they round-trip exactly.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from retrieval.errors import InputError
+from retrieval.io import atomic_path
 
 PAIR_COLUMNS = ("row_id", "query_image", "gallery_image")
 PAIR_CHUNK_ROWS = 65536
@@ -122,7 +121,7 @@ def score_pairs_from_matrix(
 
 
 def write_submission(path: Path, row_ids: list[str] | np.ndarray, similarity: np.ndarray) -> None:
-    """Write ``row_id,similarity`` in the given order, atomically (temp file + os.replace).
+    """Write ``row_id,similarity`` in the given order, atomically (``io.atomic_path``).
 
     similarity: (n_pairs,) finite floats, written with 8 decimals.
     """
@@ -136,13 +135,6 @@ def write_submission(path: Path, row_ids: list[str] | np.ndarray, similarity: np
         )
     if not np.isfinite(similarity).all():
         raise InputError("similarity has NaN or inf values; check the embeddings")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        frame = pd.DataFrame({"row_id": row_ids, "similarity": similarity})
+    frame = pd.DataFrame({"row_id": row_ids, "similarity": similarity})
+    with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.8f")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

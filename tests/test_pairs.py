@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,14 @@ def test_real_kaggle_files_are_accepted(tmp_path: Path) -> None:
     sample = pd.read_csv(KAGGLE / "sample_submission.csv", dtype={"row_id": str})
     assert list(written.columns) == list(sample.columns) == ["row_id", "similarity"]
     assert written["row_id"].tolist() == sample["row_id"].tolist()
+
+
+def test_submission_gets_the_usual_file_permissions(tmp_path) -> None:
+    """Written through io.atomic_path: readable by others under a 022 umask (mkstemp's
+    private 600 file was kept before)."""
+    old = os.umask(0o022)
+    try:
+        write_submission(tmp_path / "s.csv", ["r0"], np.array([0.5]))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s.csv").stat().st_mode & 0o777 == 0o644
