@@ -32,11 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="submission.csv", help="where the pairs scores go")
     p.add_argument(
         "--rerank",
-        choices=["none", "qe", "kr"],
+        choices=["none", "qe", "dba", "kr"],
         default="none",
-        help="pairs: re-rank the test-vs-test matrix (query expansion / k-reciprocal); "
-        "photos: qe averages the gallery and each photo with their neighbours (DBA + "
-        "alpha-QE); parameters chosen on the val split",
+        help="photos: qe averages the gallery and each photo with their neighbours (DBA + "
+        "alpha-QE); pairs: re-rank the test-vs-test matrix, dba (each pair image averaged "
+        "with its neighbours; 'qe' is accepted, its old name) or kr (k-reciprocal); "
+        "parameters chosen on the val split",
     )
     add_bool_flag(
         p,
@@ -66,10 +67,10 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(
             "give image files/folders to identify, --pairs CSV, --enroll PATH or --remove CLASS"
         )
-    if not args.pairs and (args.rerank == "kr" or args.closed_set):
+    if not args.pairs and (args.rerank in ("kr", "dba") or args.closed_set):
         raise InputError(
-            "--rerank kr and --closed_set score a --pairs CSV; add --pairs or drop them "
-            "(photo searches take --rerank qe)"
+            f"--rerank {args.rerank} and --closed_set score a --pairs CSV; add --pairs or drop "
+            "them (photo searches take --rerank qe)"
         )
     workdir = Path(args.workdir)
     ws = _onnx_workspace(args, workdir) if args.onnx else workspace_from_args(args)

@@ -27,7 +27,7 @@ from retrieval.pairs import (
     score_pairs_from_matrix,
     write_submission,
 )
-from retrieval.rerank import rerank_similarity_matrix
+from retrieval.rerank import method_name, rerank_similarity_matrix
 from retrieval.rerank_tune import TunedRerank, tune_rerank
 from retrieval.serving.evidence import EVIDENCE_K, array_evidence, gallery_evidence
 from retrieval.serving.rules import QueryEvidence, class_posterior
@@ -109,6 +109,7 @@ def choose_pair_options(
 ) -> PairOptions:
     """Re-ranking parameters, then the closed-set weight after that re-ranking, chosen on the
     val split; ``tune=False`` (ONNX: no torch to read the split with) keeps the defaults."""
+    rerank = method_name(rerank)
     if rerank == "none" and not closed_set:
         return PairOptions()  # nothing to tune: the split is not read
     if not tune:
@@ -150,7 +151,7 @@ def score_pairs_file(
 ) -> PairsSummary:
     """Kaggle Jaguar Re-ID submission: ``row_id,similarity`` for every input row, in order.
 
-    ``options.rerank``: "qe" (alpha query expansion) or "kr" (k-reciprocal) re-scores the
+    ``options.rerank``: "dba" (database-side augmentation) or "kr" (k-reciprocal) re-scores the
     test-vs-test similarity matrix of the distinct images before the pairs are read off it.
     ``options.closed_set``: the pairs show individuals of the gallery; each score is blended
     with the agreement of the two images' class posteriors from the gallery and the prior's

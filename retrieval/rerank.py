@@ -28,7 +28,18 @@ from retrieval.metrics import unit_rows
 
 DEFAULT_CHUNK_ROWS = 256
 TRIPLET_BUDGET = 1 << 19  # (query, shared column, other item) triplets per Jaccard block
-METHODS = {"none": (), "qe": ("k", "alpha"), "kr": ("k1", "k2", "lambda_value", "chunk")}
+METHODS = {"none": (), "dba": ("k", "alpha"), "kr": ("k1", "k2", "lambda_value", "chunk")}
+# "qe" was the pairs mode's name for DBA of the pair images (no query is expanded there);
+# still accepted, as an alias
+ALIASES = {"qe": "dba"}
+
+
+def method_name(method: str) -> str:
+    """The canonical name of a re-ranking method (an old alias resolved), or an InputError."""
+    method = ALIASES.get(method, method)
+    if method not in METHODS:
+        raise InputError(f"re-ranking method {method!r} is unknown; choose one of {list(METHODS)}")
+    return method
 
 
 class RerankResult(NamedTuple):
@@ -295,13 +306,12 @@ def k_reciprocal_topk(
 def rerank_similarity_matrix(embeddings: np.ndarray, *, method: str, **params: Any) -> np.ndarray:
     """Similarity of every image with every other after re-ranking (Kaggle pairs scoring).
 
-    method "none": cosine; "qe": cosine after DBA of the set (params k, alpha); "kr":
+    method "none": cosine; "dba" (alias "qe"): cosine after DBA of the set (params k, alpha); "kr":
     1 - k-reciprocal distance over the set itself (params k1, k2, lambda_value, chunk), where
     row i is the query, so the matrix need not be symmetric. embeddings: (N, D), normalised
     here. Returns (N, N) float32, higher = more similar, (about) 1 on the diagonal.
     """
-    if method not in METHODS:
-        raise InputError(f"re-ranking method {method!r} is unknown; choose one of {list(METHODS)}")
+    method = method_name(method)
     unknown = sorted(set(params) - set(METHODS[method]))
     if unknown:
         raise InputError(
@@ -309,9 +319,9 @@ def rerank_similarity_matrix(embeddings: np.ndarray, *, method: str, **params: A
             f"allowed: {list(METHODS[method]) or 'none'}"
         )
     x = unit_rows(embeddings, "embeddings")
-    if method == "qe":
+    if method == "dba":
         x = knn.database_augmentation(x, **params)
-    if method in ("none", "qe"):
+    if method in ("none", "dba"):
         similarity = np.clip(x @ x.T, -1.0, 1.0)
         np.fill_diagonal(similarity, 1.0)
         return similarity

@@ -18,11 +18,11 @@ import numpy as np
 from retrieval.errors import InputError
 from retrieval.metrics import average_precision_rows, evaluate_retrieval, identity_balanced_map
 from retrieval.neighbours import expand_against_gallery
-from retrieval.rerank import METHODS, rerank_similarity_matrix
+from retrieval.rerank import method_name, rerank_similarity_matrix
 
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "none": [{}],
-    "qe": [{"k": k, "alpha": a} for k in (1, 2, 3, 5, 10) for a in (1.0, 3.0)],
+    "dba": [{"k": k, "alpha": a} for k in (1, 2, 3, 5, 10) for a in (1.0, 3.0)],
     "kr": [
         {"k1": k1, "k2": k2, "lambda_value": lam}
         for k1 in (3, 5, 8, 12, 20)
@@ -73,8 +73,7 @@ def tune_rerank(embeddings: np.ndarray, labels: np.ndarray, method: str) -> Tune
     embeddings: (N, D) of the val split; labels: (N,) int. Grid points whose neighbour counts
     exceed the set are skipped.
     """
-    if method not in METHODS:
-        raise InputError(f"re-ranking method {method!r} is unknown; choose one of {list(METHODS)}")
+    method = method_name(method)
     n = np.asarray(embeddings).shape[0]
     plain = score_set(embeddings, labels, "none", {})
     best: TunedRerank | None = None
@@ -100,7 +99,7 @@ def tune_gallery_qe(
         q, g = expand_against_gallery(val, gallery, **params)
         return evaluate_retrieval(q, val_labels, g, gallery_labels).map
 
-    candidates = [NO_EXPANSION, *(p for p in GRIDS["qe"] if p["k"] < gallery.shape[0])]
+    candidates = [NO_EXPANSION, *(p for p in GRIDS["dba"] if p["k"] < gallery.shape[0])]
     scores = [val_map(p) for p in candidates]
     best = int(np.argmax(scores))
     return TunedRerank("qe", dict(candidates[best]), scores[best], scores[0])

@@ -178,7 +178,7 @@ def test_pairs_submission_keeps_rows_and_order(trained, tmp_path, capsys):
     folder = data / "green"
     pairs = tmp_path / "test.csv"
     rows = write_pairs(folder, pairs)
-    for rerank in ("none", "qe", "kr"):
+    for rerank in ("none", "qe", "dba", "kr"):  # "qe": the old name of dba
         out = tmp_path / f"submission_{rerank}.csv"
         argv = ["--pairs", str(pairs), "--images", str(folder), "--out", str(out)]
         assert search.main([*argv, "--workdir", str(workdir), "--rerank", rerank]) == 0

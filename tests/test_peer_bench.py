@@ -83,7 +83,7 @@ def test_gallery_mode_scores_recall_with_and_without_expansion_chosen_on_val(pee
     for key in ("test_r1", "test_r1_qe", "test_map", "test_map_qe", "test_r1_tta_qe"):
         assert 0.0 <= metrics[key] <= 1.0
     chosen = result["params"]["test_r1_qe"]
-    assert chosen["k"] in {0, *(p["k"] for p in GRIDS["qe"])}
+    assert chosen["k"] in {0, *(p["k"] for p in GRIDS["dba"])}
     if chosen["k"] == 0:  # val chose no expansion: the same ranking as plain cosine
         assert (metrics["test_r1_qe"], metrics["test_map_qe"]) == (
             metrics["test_r1"],

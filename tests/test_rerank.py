@@ -228,15 +228,17 @@ def test_similarity_matrix_kr_matches_the_paper_code_on_the_set_itself() -> None
     np.testing.assert_allclose(np.diag(got), 1.0, atol=1e-5)
 
 
-def test_similarity_matrix_none_and_qe() -> None:
+def test_similarity_matrix_none_and_dba_under_both_names() -> None:
     rng = np.random.default_rng(6)
     x = rng.standard_normal((9, 5))
     np.testing.assert_allclose(
         rerank_similarity_matrix(x, method="none"), _unit(x) @ _unit(x).T, atol=1e-6
     )
     augmented = database_augmentation(x, k=2, alpha=3.0)
-    got = rerank_similarity_matrix(x, method="qe", k=2, alpha=3.0)
+    got = rerank_similarity_matrix(x, method="dba", k=2, alpha=3.0)
     np.testing.assert_allclose(got, augmented @ augmented.T, atol=1e-6)
+    old_name = rerank_similarity_matrix(x, method="qe", k=2, alpha=3.0)  # still accepted
+    np.testing.assert_array_equal(old_name, got)
     np.testing.assert_allclose(got, got.T, atol=1e-6)
 
 

@@ -49,7 +49,7 @@ def test_perfect_and_reversed_rankings():
         set_identity_map(good, np.arange(4))
 
 
-@pytest.mark.parametrize("method", ["none", "qe", "kr"])
+@pytest.mark.parametrize("method", ["none", "dba", "kr"])
 def test_tuner_returns_the_best_grid_point(method):
     x, labels = _clustered(5)
     tuned = tune_rerank(x, labels, method)
@@ -104,7 +104,7 @@ def test_gallery_tuner_returns_the_best_grid_point_or_no_expansion():
 
     assert tuned.val_map_plain == pytest.approx(evaluate_retrieval(q, q_labels, g, g_labels).map)
     assert tuned.val_map == pytest.approx(val_map(tuned.params))
-    best = max([tuned.val_map_plain] + [val_map(p) for p in GRIDS["qe"]])
+    best = max([tuned.val_map_plain] + [val_map(p) for p in GRIDS["dba"]])
     assert tuned.val_map == pytest.approx(best)
 
 
