@@ -339,3 +339,31 @@ def test_search_reports_a_truncated_and_a_non_image_file_and_answers_the_rest(
     assert answers[str(good)]["status"] in ("accepted", "unclassifiable")
     assert answers[str(truncated)]["status"] == answers[str(text)]["status"] == "error"
     assert "cannot read image" in answers[str(truncated)]["reason"]
+
+
+def test_a_gallery_saved_before_the_decision_policy_gets_one_chosen_on_val(
+    trained, tmp_path, capsys
+):
+    """Format 1 stored vote thresholds and an open-set curve: it still loads, and the first
+    open chooses its policy on val and saves it."""
+    _, workdir = trained
+    copy = tmp_path / "workdir"
+    shutil.copytree(workdir, copy)
+    pointer = json.loads((copy / "gallery" / "current.json").read_text())
+    meta_path = copy / "gallery" / pointer["version"] / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("decision")
+    meta.update(
+        format=1,
+        thresholds={"max_distance": 1.2, "min_margin": 0.05},
+        open_set=None,
+        expansion=None,
+    )
+    meta_path.write_text(json.dumps(meta))
+    ws = open_workspace(copy, default_checkpoint(copy, None))
+    assert "chosen again on val (gallery saved before the calibrated decision)" in (
+        capsys.readouterr().out
+    )
+    assert ws.gallery.policy is not None and ws.gallery.policy.evidence["n_val_queries"] >= 2
+    reloaded = json.loads((copy / "gallery" / "current.json").read_text())["version"]
+    assert reloaded != pointer["version"]  # saved as a new version
