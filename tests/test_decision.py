@@ -16,6 +16,7 @@ from retrieval.errors import InputError
 from retrieval.selective import risk_coverage
 from retrieval.serving.confidence import Calibrator
 from retrieval.serving.decide import DecisionPolicy, decide, features
+from retrieval.serving.evidence import class_means, class_sizes
 from retrieval.serving.rules import QueryEvidence, Rule, class_mass, class_posterior
 
 
@@ -177,3 +178,16 @@ def test_val_chooses_the_nearest_photo_where_the_seed_vote_fails() -> None:
     assert policy.rule == Rule("nearest")  # first of the rules that tie at 1.0 and AURC 0
     text = describe_policy(policy)
     assert "nearest chosen on 30 val queries" in text and "seed rule" in text
+
+
+def test_class_means_against_a_loop() -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(30, 6)).astype(np.float32)
+    labels = rng.integers(-1, 4, size=30)  # -1: a removed photo; class 4 has none
+    means = class_means(vectors, labels, 5)
+    for c in range(5):
+        total = vectors[labels == c].sum(axis=0)
+        norm = np.linalg.norm(total)
+        expected = total / norm if norm > 0 else np.zeros(6)
+        np.testing.assert_allclose(means[c], expected, atol=1e-6)
+    np.testing.assert_array_equal(class_sizes(labels, 5), [np.sum(labels == c) for c in range(5)])

@@ -106,7 +106,7 @@ class Features(NamedTuple):
 
     def matrix(self) -> np.ndarray:
         """(Q, 4) float64 in the order of ``confidence.FEATURES``."""
-        support = self.agree / np.maximum(np.minimum(self.of, 1 << 30), 1)
+        support = self.agree / np.maximum(self.of, 1)
         margin = self.share - self.runner_up_share
         return np.stack([self.top_score, self.share, margin, support], axis=1)
 

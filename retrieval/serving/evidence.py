@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import sparse
 
 from retrieval.serving.index import FlatIndex
 from retrieval.serving.rules import QueryEvidence
@@ -32,11 +33,15 @@ def class_means(vectors: np.ndarray, labels: np.ndarray, n_classes: int) -> np.n
     vectors: (G, D) float32 unit rows; labels: (G,) int64 (-1 ignored).
     """
     labels = np.asarray(labels, dtype=np.int64)
-    keep = labels >= 0
-    sums = np.zeros((n_classes, vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels[keep], vectors[keep].astype(np.float64))
+    rows = np.flatnonzero(labels >= 0)
+    # a sparse (C, G) membership matrix: one pass, no (G, D) float64 copy of a large gallery
+    members = sparse.csr_matrix(
+        (np.ones(rows.size, dtype=np.float32), (labels[rows], rows)),
+        shape=(n_classes, vectors.shape[0]),
+    )
+    sums = np.asarray(members @ vectors, dtype=np.float32)
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0).astype(np.float32)
+    return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
 
 
 def mean_scores(queries: np.ndarray, means: np.ndarray, sizes: np.ndarray) -> np.ndarray:
