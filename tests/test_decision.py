@@ -191,3 +191,12 @@ def test_class_means_against_a_loop() -> None:
         expected = total / norm if norm > 0 else np.zeros(6)
         np.testing.assert_allclose(means[c], expected, atol=1e-6)
     np.testing.assert_array_equal(class_sizes(labels, 5), [np.sum(labels == c) for c in range(5)])
+
+
+def test_a_perfect_val_split_is_not_read_as_certainty() -> None:
+    """55 right answers out of 55: P(right) by Laplace's rule, 56/57, not 1."""
+    x = np.random.default_rng(6).random((55, 4))
+    fit = fit_calibrator(x, np.ones(55, dtype=bool))
+    np.testing.assert_allclose(fit.calibrator(x), 56 / 57)
+    evidence, truth = split_val(55)
+    assert choose_policy(evidence, truth).evidence["accuracy_stderr"] > 0.01

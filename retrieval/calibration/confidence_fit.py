@@ -31,8 +31,8 @@ class CalibratorFit(NamedTuple):
 
 
 def _fit(method: str, feature: str, x: np.ndarray, y: np.ndarray) -> Calibrator:
-    if np.unique(y).size < 2:  # every val answer right (or wrong): a constant
-        value = float(y.mean())
+    if np.unique(y).size < 2:  # every val answer right (or wrong): a constant, and Laplace's
+        value = float((y.sum() + 1) / (y.size + 2))  # rule keeps it off a certain 1 (or 0)
         return Calibrator("isotonic", "share", xs=(0.0,), ys=(value,))
     if method == "logistic":
         center, scale = x.mean(axis=0), x.std(axis=0)
