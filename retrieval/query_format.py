@@ -36,7 +36,9 @@ def as_table(answers: list[QueryAnswer]) -> str:
     for answer in answers:
         lines = [f"{answer.image}: {_verdict(answer)}"]
         for rank, m in enumerate(answer.matches, start=1):
-            lines.append(f"  {rank:>2}. {m.class_name:<24} cos={m.score:.4f}  {m.path}")
+            lines.append(
+                f"  {rank:>2}. {m.class_name:<24} cos={m.score:.4f} d={m.distance:.4f}  {m.path}"
+            )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
