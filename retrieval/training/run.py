@@ -125,7 +125,9 @@ def _choose_eval_size(
 
 
 def _build_gallery(cfg: RunConfig, best: Path) -> None:
-    """Index the train split with the best model now, so the first search is instant."""
+    """Index the train split with the best model now, so the first search is instant, and
+    say which decision rule val chose for it."""
+    from retrieval.calibration.policy import describe_policy
     from retrieval.workspace import open_workspace
 
     ws = open_workspace(
@@ -136,6 +138,7 @@ def _build_gallery(cfg: RunConfig, best: Path) -> None:
         device=cfg.train.device,
     )
     print(f"gallery: {ws.gallery.size} images indexed in {Path(cfg.workdir) / 'gallery'}")
+    print(describe_policy(ws.gallery.policy_for(expand=False)))
 
 
 def _print_schedule_note(cfg: RunConfig) -> None:
