@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--tta", choices=["none", "flip"], default="none")
-    p.add_argument("--rerank", choices=["none", "qe", "kr"], default="none")
+    p.add_argument("--rerank", choices=["none", "dba", "qe", "kr"], default="none")
     p.add_argument("--closed_set", action="store_true", help="blend in the gallery's class votes")
     args = p.parse_args(argv)
 
