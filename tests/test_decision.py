@@ -98,7 +98,12 @@ def test_decide_accepts_with_support_and_rejects_with_reasons() -> None:
     far = toy([0.2, -0.5], [0, 1], [1, 1])
     low = DecisionPolicy(Rule("nearest"), Calibrator("isotonic", "top_score", (0, 1), (0, 1)))
     (f,) = decide(far, low, class_names=["tom", "kit"])
-    assert not f.accepted and "nearest match is far (cosine 0.20" in f.reason
+    assert not f.accepted and "nearest match is far (tom at cosine 0.20, confidence" in f.reason
+
+    lead = toy([0.9, 0.7, 0.6], [0, 1, 1], [1, 2])  # the runner-up trails far: not "split"
+    strict = DecisionPolicy(Rule("nearest", temperature=0.1), calibrator, min_confidence=0.99)
+    (w,) = decide(lead, strict, class_names=["tom", "kit"])
+    assert w.runner_up_share < w.share / 2 and "nearest match is far" in w.reason
 
     (none,) = decide(QueryEvidence(np.zeros((1, 0)), np.zeros((1, 0), int), np.array([0])), low)
     assert none.predicted == -1 and none.confidence == 0.0 and "no photo" in none.reason
@@ -108,7 +113,7 @@ def test_policy_round_trips_through_json() -> None:
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 4)), rng.random(60) < 0.7
     fit = fit_calibrator(x, y)
-    policy = DecisionPolicy(Rule("vote_exp", 10, 0.05), fit.calibrator, 0.8, 0.95, 0.3, 0.1)
+    policy = DecisionPolicy(Rule("vote_exp", 10, 0.05), fit.calibrator, 0.8, 0.95, 0.3)
     back = DecisionPolicy.from_dict(json.loads(json.dumps(policy.to_dict())))
     assert back == policy
     np.testing.assert_allclose(back.calibrator(x), policy.calibrator(x))

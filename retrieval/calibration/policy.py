@@ -67,7 +67,6 @@ def choose_policy(
     correct = f.predicted == truth
     fit = fit_calibrator(f.matrix(), correct)
     cut = threshold_for_accuracy(fit.out_of_fold, correct, target_accuracy)
-    margins = (f.share - f.runner_up_share)[~correct & (f.runner_up >= 0)]
     seed = score_rule(SEED_RULE, evidence, truth)
     n = truth.size
     acc = ranked[0][0]["accuracy"]
@@ -76,7 +75,6 @@ def choose_policy(
         calibrator=fit.calibrator,
         min_confidence=cut.min_confidence,
         target_accuracy=target_accuracy,
-        split_margin=float(np.median(margins)) if margins.size else 0.0,
         evidence={
             "n_val_queries": n,
             "accuracy": acc,

@@ -29,8 +29,6 @@ DEFAULT_MIN_CONFIDENCE = 0.5  # before any val split: accept when the share is a
 class DecisionPolicy:
     """Everything ``decide`` applies, as chosen on val and stored with the gallery.
 
-    split_margin: a rejected answer whose share leads the runner-up's by at most this is
-    reported as split between the two (reshoot); otherwise as far from every known individual.
     evidence: what val measured when choosing (printed by evaluate; not read by ``decide``).
     """
 
@@ -39,11 +37,10 @@ class DecisionPolicy:
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     target_accuracy: float = TARGET_ACCURACY
     unknown_min_confidence: float = 0.0
-    split_margin: float = 0.1
     evidence: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("min_confidence", "unknown_min_confidence", "split_margin"):
+        for name in ("min_confidence", "unknown_min_confidence"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 1.0 + 1e-9):
                 raise InputError(f"{name} must lie in 0..1, got {value}")
@@ -62,7 +59,6 @@ class DecisionPolicy:
             "min_confidence": self.min_confidence,
             "target_accuracy": self.target_accuracy,
             "unknown_min_confidence": self.unknown_min_confidence,
-            "split_margin": self.split_margin,
             "evidence": self.evidence,
         }
 
@@ -75,12 +71,7 @@ class DecisionPolicy:
                 evidence=dict(data.get("evidence") or {}),
                 **{
                     k: float(data[k])
-                    for k in (
-                        "min_confidence",
-                        "target_accuracy",
-                        "unknown_min_confidence",
-                        "split_margin",
-                    )
+                    for k in ("min_confidence", "target_accuracy", "unknown_min_confidence")
                 },
             )
         except (KeyError, TypeError) as exc:
@@ -169,18 +160,22 @@ class Decision:
 
 
 def _reason(f: Features, i: int, confidence: float, policy: DecisionPolicy, name) -> str:
+    """Why an answer is declined, for a person: two individuals share the evidence (the
+    runner-up holds at least half the winner's share: reshoot), or nothing known is close
+    enough to be sure (a new individual, or a poor photo)."""
     if f.predicted[i] < 0:
         return "unclassifiable: the gallery has no photo to compare with"
     if confidence >= policy.threshold:
         return "accepted"
-    if f.runner_up[i] >= 0 and f.share[i] - f.runner_up_share[i] <= policy.split_margin:
+    if f.runner_up[i] >= 0 and f.runner_up_share[i] >= f.share[i] / 2:
         return (
             f"unclassifiable: split between {name(f.predicted[i])} ({f.share[i]:.2f}) and "
             f"{name(f.runner_up[i])} ({f.runner_up_share[i]:.2f}) - reshoot"
         )
     return (
-        f"unclassifiable: nearest match is far (cosine {f.top_score[i]:.2f}; likely a new "
-        "individual, or reshoot)"
+        f"unclassifiable: nearest match is far ({name(f.predicted[i])} at cosine "
+        f"{f.top_score[i]:.2f}, confidence {confidence:.2f} < {policy.threshold:.2f}; likely a "
+        "new individual, or reshoot)"
     )
 
 
