@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.errors import InputError
+from retrieval.errors import InputError, stored
 
 # per query, about its decided class: best photo's cosine, posterior share, share minus the
 # runner-up's, and the share of its gallery photos among the nearest (see decide.Features)
@@ -79,17 +79,11 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibrator:
-        try:
-            tuples = {k: tuple(float(v) for v in data[k]) for k in ("xs", "ys", "coef")}
-            tuples |= {k: tuple(float(v) for v in data[k]) for k in ("center", "scale")}
+        with stored("confidence calibrator", "rebuild the gallery with --rebuild_gallery"):
+            keys = ("xs", "ys", "coef", "center", "scale")
             return cls(
                 method=str(data["method"]),
                 feature=str(data["feature"]),
                 intercept=float(data["intercept"]),
-                **tuples,
+                **{k: tuple(float(v) for v in data[k]) for k in keys},
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(
-                f"the stored confidence calibrator is damaged ({exc}); rebuild the gallery "
-                "with --rebuild_gallery to fit it again on val"
-            ) from None

@@ -17,9 +17,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from retrieval.errors import InputError
+from retrieval.errors import InputError, stored
 from retrieval.serving.confidence import Calibrator
-from retrieval.serving.rules import QueryEvidence, Rule, class_posterior, per_class_best
+from retrieval.serving.rules import (
+    REBUILD,
+    QueryEvidence,
+    Rule,
+    class_posterior,
+    per_class_best,
+)
 
 TARGET_ACCURACY = 0.95  # accuracy kept on accepted val queries (--target_accuracy)
 DEFAULT_MIN_CONFIDENCE = 0.5  # before any val split: accept when the share is at least half
@@ -64,7 +70,7 @@ class DecisionPolicy:
 
     @classmethod
     def from_dict(cls, data: dict) -> DecisionPolicy:
-        try:
+        with stored("decision policy", REBUILD):
             return cls(
                 rule=Rule.from_dict(data["rule"]),
                 calibrator=Calibrator.from_dict(data["calibrator"]),
@@ -74,11 +80,6 @@ class DecisionPolicy:
                     for k in ("min_confidence", "target_accuracy", "unknown_min_confidence")
                 },
             )
-        except (KeyError, TypeError) as exc:
-            raise InputError(
-                f"the stored decision policy is damaged ({exc}); rebuild the gallery with "
-                "--rebuild_gallery to choose it again on val"
-            ) from None
 
 
 class Features(NamedTuple):

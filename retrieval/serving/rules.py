@@ -14,11 +14,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from retrieval.errors import InputError
+from retrieval.errors import InputError, stored
 
 RULES = ("nearest", "mean", "nearest_mean", "vote_exp", "vote_inv")
 POSTERIOR_TEMPERATURE = 1 / 30  # exp(cosine / T) for the score rules: as sharp as an ArcFace
 # softmax at s=30; it shapes the posterior shares, never which class wins
+REBUILD = "rebuild the gallery with --rebuild_gallery to choose it again on val"
 INVERSE_EPS = 1e-6  # 1/d guard for an exact duplicate (d = 0)
 
 
@@ -85,18 +86,13 @@ class Rule:
 
     @classmethod
     def from_dict(cls, data: dict) -> Rule:
-        try:
+        with stored("decision rule", REBUILD):
             return cls(
                 name=str(data["name"]),
                 top_n=int(data["top_n"]),
                 temperature=float(data["temperature"]),
                 power=float(data["power"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(
-                f"the stored decision rule is damaged ({exc}: {data!r}); rebuild the gallery "
-                "with --rebuild_gallery to choose it again on val"
-            ) from None
 
 
 def per_class_best(evidence: QueryEvidence) -> np.ndarray:
