@@ -14,9 +14,9 @@ from retrieval.calibration.policy import CANDIDATES, SEED_RULE, choose_policy, d
 from retrieval.calibration.threshold import threshold_for_accuracy, threshold_for_unknowns
 from retrieval.errors import InputError
 from retrieval.selective import risk_coverage
+from retrieval.serving.classes import class_means, class_sizes
 from retrieval.serving.confidence import Calibrator
 from retrieval.serving.decide import DecisionPolicy, decide, features
-from retrieval.serving.evidence import class_means, class_sizes
 from retrieval.serving.rules import QueryEvidence, Rule, class_mass, class_posterior
 
 

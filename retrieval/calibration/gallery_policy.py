@@ -7,7 +7,8 @@ so the rule, calibrator and thresholds are chosen on the inputs they will meet.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -20,10 +21,21 @@ from retrieval.serving.decide import TARGET_ACCURACY, DecisionPolicy
 from retrieval.serving.evidence import array_evidence, gallery_evidence
 from retrieval.serving.expansion import GalleryExpansion
 
-if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
-    from retrieval.onnx_embed import OnnxWorkspace
+if TYPE_CHECKING:
     from retrieval.serving.gallery import Gallery
-    from retrieval.workspace import Workspace
+
+
+class EmbeddingGallery(Protocol):
+    """What choosing an expansion needs of a workspace: its gallery, where that is saved, and
+    an embedder for the val photos (a ``Workspace``; an ``OnnxWorkspace`` only reads a stored
+    expansion). A protocol, so this module imports neither: the workspace imports this one."""
+
+    gallery: Gallery
+
+    @property
+    def gallery_root(self) -> Path: ...
+
+    def embed(self, records: list[ImageRecord], *, desc: str = ...) -> np.ndarray: ...
 
 
 def val_queries(gallery: Gallery, records: list[ImageRecord]) -> list[ImageRecord]:
@@ -90,7 +102,7 @@ def choose_expansion(
 
 
 def ensure_expansion(
-    ws: Workspace | OnnxWorkspace, val_records: list[ImageRecord] | None
+    ws: EmbeddingGallery, val_records: list[ImageRecord] | None
 ) -> GalleryExpansion:
     """The gallery's stored expansion, or one chosen on ``val_records`` now and saved with
     the gallery. ``val_records`` None: the caller cannot read the split (ONNX)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from retrieval.errors import InputError
 from retrieval.io import read_json, write_json_atomic
-from retrieval.serving import evidence
+from retrieval.serving import classes
 from retrieval.serving.decide import DecisionPolicy
 from retrieval.serving.expansion import GalleryExpansion, augment_gallery, expand_queries
 from retrieval.serving.index import FlatIndex, SearchResult
@@ -111,7 +111,7 @@ class Gallery:
             index = self.augmented_index() if expand else self.index
             labels = self.labels_by_id[index.ids()]
             vectors = index.reconstruct_all()
-            self._means[expand] = evidence.class_means(vectors, labels, len(self.class_names))
+            self._means[expand] = classes.class_means(vectors, labels, len(self.class_names))
         return self._means[expand]
 
     def _changed(self) -> None:
