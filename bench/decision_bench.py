@@ -113,7 +113,7 @@ def _open_set(x, labels, val_labels, test_labels, policy, n_classes, seed) -> di
     never = np.unique(labels["held_out"])
     data = simulate_open_set(labels["train"], x["train"], q_labels, queries, never)
     before = open_set_answers(data, policy, n_classes)  # closed-set policy, no check
-    after = open_set_answers(data, checked, n_classes)
+    after = before.with_policy(checked)
     report = open_set_report(after, checked.threshold, TARGET_FAR)
     sel = selective_report(after.decisions, after.query_labels, checked)
     return {

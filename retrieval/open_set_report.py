@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from retrieval.calibration.open_set import OpenSetAnswers
 from retrieval.selective import roc_auc
 
@@ -81,8 +79,3 @@ def format_open_set_report(report: OpenSetReport) -> str:
             f"{r.accuracy_on_accepted_known:.4f}",
         ]
     )
-
-
-def answers_outcome(answers: OpenSetAnswers) -> tuple[np.ndarray, np.ndarray]:
-    """confidence (Q,) and correct (Q,) over the whole mix, for the selective report."""
-    return answers.confidence, answers.correct

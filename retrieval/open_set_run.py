@@ -71,18 +71,19 @@ def run_open_set(
     val_embeddings, val_labels = _labelled(ws, val, "open set: val")
     unknown = choose_unknown_classes(np.unique(val_labels), fraction=fraction, seed=seed)
 
-    def answers(embeddings, labels, with_policy):
-        data = simulate_open_set(gallery_labels, gallery_embeddings, labels, embeddings, unknown)
-        return open_set_answers(data, with_policy, n_classes)
-
     unchecked = replace(policy, unknown_min_confidence=0.0)
-    val_answers = answers(val_embeddings, val_labels, unchecked)
+
+    def answers(embeddings, labels):
+        data = simulate_open_set(gallery_labels, gallery_embeddings, labels, embeddings, unknown)
+        return open_set_answers(data, unchecked, n_classes)
+
+    val_answers = answers(val_embeddings, val_labels)
     checked = choose_open_set_policy(val_answers, unchecked, target_far)
-    split_set = (val_embeddings, val_labels)
+    split_answers = val_answers
     if split != "val":
-        split_set = _labelled(ws, queries, f"open set: {split}")
-    final = answers(*split_set, checked)
-    val_final = answers(val_embeddings, val_labels, checked)
+        split_answers = answers(*_labelled(ws, queries, f"open set: {split}"))
+    final = split_answers.with_policy(checked)
+    val_final = val_answers.with_policy(checked)
     return OpenSetRun(
         report=open_set_report(final, checked.threshold, target_far),
         calibration_report=open_set_report(val_final, checked.threshold, target_far),

@@ -26,8 +26,15 @@ from retrieval.calibration.confidence_fit import fit_calibrator
 from retrieval.calibration.threshold import threshold_for_accuracy, threshold_for_unknowns
 from retrieval.errors import InputError
 from retrieval.selective import expected_calibration_error
-from retrieval.serving.decide import Decision, DecisionPolicy, decide, features
+from retrieval.serving.decide import (
+    Decision,
+    DecisionPolicy,
+    Features,
+    decide_features,
+    features,
+)
 from retrieval.serving.evidence import array_evidence
+from retrieval.serving.rules import Rule
 
 
 def choose_unknown_classes(
@@ -108,15 +115,22 @@ def simulate_open_set(
 
 @dataclass(frozen=True, eq=False)
 class OpenSetAnswers:
-    """The product's decisions on an open-set mix: decisions (Q,), their features (Q, 4),
-    top1_scores (Q,) float64 cosine of the nearest photo, is_unknown (Q,) bool, query_labels
-    (Q,) int64."""
+    """The product's decisions on an open-set mix: decisions (Q,), the features they were
+    made from (under ``rule``), top1_scores (Q,) float64 cosine of the nearest photo,
+    is_unknown (Q,) bool, query_labels (Q,) int64."""
 
     decisions: list[Decision]
-    features: np.ndarray
+    features: Features
+    rule: Rule
     top1_scores: np.ndarray
     is_unknown: np.ndarray
     query_labels: np.ndarray
+
+    def with_policy(self, policy: DecisionPolicy) -> OpenSetAnswers:
+        """The same queries decided under another calibrator or threshold of the same rule,
+        from the features already computed (no second search)."""
+        assert policy.rule == self.rule, "a new rule needs new features: call open_set_answers"
+        return replace(self, decisions=decide_features(self.features, policy))
 
     @property
     def confidence(self) -> np.ndarray:
@@ -138,11 +152,15 @@ def open_set_answers(data: OpenSetData, policy: DecisionPolicy, n_classes: int) 
         n_classes,
         need_means=policy.rule.needs_means,
     )
-    decisions = decide(evidence, policy)
-    matrix = features(policy.rule, evidence).matrix()
+    f = features(policy.rule, evidence)
     top1 = np.where(evidence.hit_labels[:, 0] >= 0, evidence.hit_scores[:, 0], -1.0)
     return OpenSetAnswers(
-        decisions, matrix, top1.astype(np.float64), data.query_is_unknown, data.query_labels
+        decide_features(f, policy),
+        f,
+        policy.rule,
+        top1.astype(np.float64),
+        data.query_is_unknown,
+        data.query_labels,
     )
 
 
@@ -158,7 +176,7 @@ def choose_open_set_policy(
             f"queries), got {target_false_accept_rate}"
         )
     correct = answers.correct
-    fit = fit_calibrator(answers.features, correct)
+    fit = fit_calibrator(answers.features.matrix(), correct)
     cut = threshold_for_accuracy(fit.out_of_fold, correct, policy.target_accuracy)
     unknown = threshold_for_unknowns(fit.out_of_fold[answers.is_unknown], target_false_accept_rate)
     return replace(

@@ -190,7 +190,14 @@ def decide(
     the reasons readable."""
     if evidence.hit_scores.shape != evidence.hit_labels.shape:
         raise InputError("hit scores and labels must have one (Q, k) shape")
-    f = features(policy.rule, evidence)
+    return decide_features(features(policy.rule, evidence), policy, class_names=class_names)
+
+
+def decide_features(
+    f: Features, policy: DecisionPolicy, *, class_names: Sequence[str] | None = None
+) -> list[Decision]:
+    """``decide`` from features already computed under ``policy.rule`` (another calibrator
+    or threshold of the same rule decides again without searching again)."""
     confidence = np.where(f.predicted >= 0, policy.calibrator(f.matrix()), 0.0)
 
     def name(label: int) -> str:
