@@ -15,8 +15,7 @@ from retrieval.config import RunConfig
 from retrieval.data.images import check_images
 from retrieval.data.scan import load_records
 from retrieval.errors import InputError
-from retrieval.serving.decide import decide
-from retrieval.serving.evidence import gallery_evidence
+from retrieval.serving.evidence import decide_in_gallery
 from retrieval.workspace import Workspace, refresh_policy
 
 
@@ -78,12 +77,11 @@ def _conflicts(ws: Workspace, records, embeddings) -> list[tuple[str, str, str, 
     gallery = ws.gallery
     if gallery.size == 0:
         return []
-    policy = gallery.policy_for(expand=False)
-    evidence, _ = gallery_evidence(gallery, embeddings, need_means=policy.rule.needs_means)
     names = gallery.class_names
+    decisions = decide_in_gallery(gallery, embeddings).decisions
     return [
         (str(r.path), r.label, names[d.label], d.confidence)
-        for r, d in zip(records, decide(evidence, policy, class_names=names), strict=True)
+        for r, d in zip(records, decisions, strict=True)
         if d.accepted and names[d.label] != r.label
     ]
 

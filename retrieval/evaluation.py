@@ -20,8 +20,8 @@ from retrieval.embed import EmbedTimer
 from retrieval.io import atomic_path, write_json_atomic
 from retrieval.metrics import RetrievalMetrics, confusion_pairs, evaluate_retrieval
 from retrieval.report.selective import SelectiveReport, format_selective, selective_report
-from retrieval.serving.decide import Decision, decide, predicted_labels
-from retrieval.serving.evidence import gallery_evidence
+from retrieval.serving.decide import Decision, predicted_labels
+from retrieval.serving.evidence import decide_in_gallery
 from retrieval.workspace import Workspace
 
 BENCHMARK_COLUMNS = (
@@ -81,12 +81,8 @@ def evaluate_split(
     query_embeddings, index = gallery.search_space(query_embeddings, expand=expand)
     gallery_labels = gallery.labels_by_id[index.ids()]
     metrics = evaluate_retrieval(query_embeddings, truth, index.reconstruct_all(), gallery_labels)
-    policy = gallery.policy_for(expand=expand)
-    # the plain embeddings: gallery_evidence applies the expansion itself, as search does
-    evidence, hits = gallery_evidence(
-        gallery, plain, expand=expand, need_means=policy.rule.needs_means
-    )
-    decisions = decide(evidence, policy, class_names=gallery.class_names)
+    # the plain embeddings: the search applies the expansion itself, as photo search does
+    decisions, hits, policy = decide_in_gallery(gallery, plain, expand=expand)
     predicted = np.where([d.accepted for d in decisions], predicted_labels(decisions), -1)
     report = EvaluationReport(
         split=split,

@@ -17,8 +17,8 @@ from retrieval.data.images import image_size, load_rgb
 from retrieval.data.records import ImageRecord
 from retrieval.data.scan import IMAGE_EXTENSIONS
 from retrieval.errors import InputError
-from retrieval.serving.decide import Decision, decide
-from retrieval.serving.evidence import EVIDENCE_K, gallery_evidence
+from retrieval.serving.decide import Decision
+from retrieval.serving.evidence import EVIDENCE_K, decide_in_gallery
 
 if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
     from retrieval.onnx_embed import OnnxWorkspace
@@ -115,16 +115,10 @@ def answer_images(
     errors += unreadable
     if not paths:
         return errors
-    policy = ws.gallery.policy_for(expand=expand)
-    evidence, hits = gallery_evidence(
-        ws.gallery,
-        embeddings,
-        k=max(top_k, EVIDENCE_K),
-        expand=expand,
-        need_means=policy.rule.needs_means,
+    decisions, hits, policy = decide_in_gallery(
+        ws.gallery, embeddings, k=max(top_k, EVIDENCE_K), expand=expand
     )
     names = ws.gallery.class_names
-    decisions = decide(evidence, policy, class_names=names)
     answers = []
     for row, (path, decision) in enumerate(zip(paths, decisions, strict=True)):
         matches = tuple(

@@ -7,11 +7,12 @@ decides on identical inputs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from retrieval.serving.classes import class_means, class_sizes, mean_scores
+from retrieval.serving.decide import Decision, DecisionPolicy, decide
 from retrieval.serving.index import FlatIndex
 from retrieval.serving.rules import QueryEvidence
 
@@ -39,6 +40,27 @@ def gallery_evidence(
     if need_means:
         means = mean_scores(queries, gallery.class_means(expand=expand), sizes)
     return QueryEvidence(hits.result.scores, hits.labels, sizes, means), hits
+
+
+class GalleryAnswers(NamedTuple):
+    """What a search of the gallery decided: one decision per query, the hits it read, and
+    the policy it applied."""
+
+    decisions: list[Decision]
+    hits: GalleryHits
+    policy: DecisionPolicy
+
+
+def decide_in_gallery(
+    gallery: Gallery, queries: np.ndarray, *, k: int = EVIDENCE_K, expand: bool = False
+) -> GalleryAnswers:
+    """Search ``queries`` (Q, D) unit rows and decide each under the gallery's stored policy
+    for this kind of search: what photo search, evaluate and the enrol check all do."""
+    policy = gallery.policy_for(expand=expand)
+    evidence, hits = gallery_evidence(
+        gallery, queries, k=k, expand=expand, need_means=policy.rule.needs_means
+    )
+    return GalleryAnswers(decide(evidence, policy, class_names=gallery.class_names), hits, policy)
 
 
 def array_evidence(
