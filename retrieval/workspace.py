@@ -7,6 +7,7 @@ reused as long as the checkpoint (and TTA mode) match.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from retrieval.calibration.gallery_policy import (
 )
 from retrieval.config import RunConfig
 from retrieval.data.prepare import PreparedData, prepare_data
-from retrieval.data.records import labels_of
+from retrieval.data.records import ImageRecord, labels_of
 from retrieval.data.transforms import build_eval_transform
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
 from retrieval.embed import extract_embeddings
@@ -117,27 +118,31 @@ def build_gallery(
         fingerprint=gallery_fingerprint(loaded, tta),
         use_gpu=None,
     )
+
+    def embed(records: list[ImageRecord], desc: str) -> np.ndarray:
+        return extract_embeddings(loaded.model, records, desc=desc, **common)
+
     choose_policy_on_val(
-        gallery, loaded, prepared.val, common, why="gallery built", target_accuracy=target_accuracy
+        gallery, prepared.val, embed, why="gallery built", target_accuracy=target_accuracy
     )
     return gallery
 
 
 def choose_policy_on_val(
     gallery: Gallery,
-    loaded: LoadedModel,
-    val: list,
-    common: dict,
+    val: list[ImageRecord],
+    embed: Callable[[list[ImageRecord], str], np.ndarray],
     *,
     why: str,
     target_accuracy: float = TARGET_ACCURACY,
 ) -> str:
-    """Embed the val photos of the gallery's individuals and store the policy they choose
-    (kept as it is when val has fewer than 2 such photos); returns a note, or ""."""
+    """Embed (``embed(records, desc)``, as the gallery was) the val photos of the gallery's
+    individuals and store the policy they choose (kept as it is when val has fewer than 2
+    such photos); returns a note, or ""."""
     known = val_queries(gallery, val)
     if len(known) < 2:
         return ""
-    queries = extract_embeddings(loaded.model, known, desc="val (decision rule)", **common)
+    queries = embed(known, "val (decision rule)")
     truth = np.array([gallery.class_index(r.label) for r in known], dtype=np.int64)
     policy = choose_gallery_policy(gallery, queries, truth, target_accuracy=target_accuracy)
     return set_gallery_policy(gallery, policy, why=why)
@@ -150,16 +155,13 @@ def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = N
         prepared = prepare_for(ws.loaded, ws.workdir, data=None, image_root=None)
     except (InputError, FileNotFoundError) as exc:
         return f"note: decision policy kept as it was (val split not readable: {exc})"
-    common = dict(
-        transform=build_eval_transform(ws.loaded.image_size),
-        plan=ws.plan,
-        batch_size=ws.batch_size,
-        tta=ws.tta,
-        progress=False,
-    )
     target = target_accuracy or ws.gallery.policy_for(expand=False).target_accuracy
     note = choose_policy_on_val(
-        ws.gallery, ws.loaded, prepared.val, common, why=why, target_accuracy=target
+        ws.gallery,
+        prepared.val,
+        lambda records, desc: ws.embed(records, desc=desc, progress=False),
+        why=why,
+        target_accuracy=target,
     )
     rule = ws.gallery.policy_for(expand=False).rule.describe()
     return f"decision policy: {rule}, chosen again on val ({why}){note}"
