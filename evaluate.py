@@ -65,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     ws = workspace_from_args(args, data=args.data, image_root=args.image_root)
     prepared = prepare_for(ws.loaded, workdir, data=args.data, image_root=args.image_root)
+    if ws.loaded.served_note:
+        print(ws.loaded.served_note)
     queries = prepared.val if args.split == "val" else prepared.test
     if args.rerank == "qe":
         from retrieval.calibration.gallery_policy import ensure_expansion

@@ -142,6 +142,7 @@ def _metrics_json(ws: Workspace, report: EvaluationReport) -> dict:
     return {
         "split": report.split,
         "checkpoint": str(ws.loaded.checkpoint),
+        "model": ws.loaded.served,
         "n_queries": m.n_queries,
         "n_gallery": ws.gallery.size,
         "recall_at_1": m.recall_at_1,
@@ -171,7 +172,7 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
         "split": report.split,
         "backbone": ws.loaded.backbone,
         "loss": f"arcface(s={loss['scale']},m={loss['margin_rad']}rad)",
-        "embedding_dim": cfg["model"]["embedding_dim"],
+        "embedding_dim": ws.loaded.model.embedding_dim,
         "augmentation": _augmentation_note(data),
         "cv_map": f"{m.map:.4f}",
         "identity_balanced_map": f"{m.identity_balanced_map:.4f}",
@@ -186,7 +187,7 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
         "notes": f"tta={ws.tta}; rerank={_rerank_note(report)}; "
         f"input_norm={RunConfig.from_dict(cfg).model.input_norm}; "
         f"eval_size={ws.loaded.image_size}; "
-        f"checkpoint={ws.loaded.checkpoint.name}",
+        f"checkpoint={ws.loaded.checkpoint.name}; model={ws.loaded.served}",
     }
 
 

@@ -29,6 +29,17 @@ class LoadedModel:
     checkpoint: Path
     config: dict
     train_seconds: float = 0.0
+    served: str = "trained"  # or "frozen backbone": training did not beat it on val
+
+    @property
+    def served_note(self) -> str:
+        """One line for evaluate and search when the frozen backbone is served, else ""."""
+        if self.served == "trained":
+            return ""
+        return (
+            f"model: the {self.served} ({self.checkpoint.name}), since training did not beat it "
+            "on val; the trained best is trained_model.pt beside it"
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -52,6 +63,7 @@ def inference_model_from_state(state: dict, path: Path, plan: RuntimePlan) -> Lo
         pretrained="none",
         pooling=state.get("pooling", "avg"),
         input_norm=state.get("input_norm", LEGACY_INPUT_NORM),
+        neck=state.get("neck", True),  # False: the frozen backbone, served when training lost
     )
     model.load_state_dict(state["model"])
     model.eval().to(torch.device(plan.device))
@@ -67,4 +79,5 @@ def inference_model_from_state(state: dict, path: Path, plan: RuntimePlan) -> Lo
         checkpoint=path,
         config=state["config"],
         train_seconds=float(state.get("progress", {}).get("train_seconds", 0.0)),
+        served=state.get("served", "trained"),
     )

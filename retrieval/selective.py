@@ -8,6 +8,7 @@ equal-width bins. A leaf: numpy only.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -15,6 +16,13 @@ import numpy as np
 from retrieval.errors import InputError
 
 ECE_BINS = 15
+
+
+def accuracy_stderr(accuracy: float, n: int) -> float:
+    """Standard error of an accuracy on n queries, Agresti-Coull adjusted (two successes and
+    two failures added), so a perfect score on 55 photos does not read as certain."""
+    adjusted = (accuracy * n + 2) / (n + 4)
+    return math.sqrt(adjusted * (1 - adjusted) / (n + 4))
 
 
 def _pair(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

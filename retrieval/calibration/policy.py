@@ -7,7 +7,6 @@ kept in the policy's ``evidence`` with a standard error, so a choice made on 55 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,7 +14,7 @@ import numpy as np
 from retrieval.calibration.confidence_fit import fit_calibrator
 from retrieval.calibration.threshold import threshold_for_accuracy
 from retrieval.errors import InputError
-from retrieval.selective import aurc, expected_calibration_error
+from retrieval.selective import accuracy_stderr, aurc, expected_calibration_error
 from retrieval.serving.decide import TARGET_ACCURACY, DecisionPolicy, features
 from retrieval.serving.rules import QueryEvidence, Rule
 
@@ -38,13 +37,6 @@ def score_rule(rule: Rule, evidence: QueryEvidence, truth: np.ndarray) -> dict:
         "accuracy": float(correct.mean()),
         "aurc": aurc(f.share, correct),
     }
-
-
-def _stderr(p: float, n: int) -> float:
-    """Standard error of an accuracy on n queries, Agresti-Coull adjusted (two successes and
-    two failures added), so a perfect score on 55 photos does not read as certain."""
-    adjusted = (p * n + 2) / (n + 4)
-    return math.sqrt(adjusted * (1 - adjusted) / (n + 4))
 
 
 def choose_policy(
@@ -78,7 +70,7 @@ def choose_policy(
         evidence={
             "n_val_queries": n,
             "accuracy": acc,
-            "accuracy_stderr": _stderr(acc, n),
+            "accuracy_stderr": accuracy_stderr(acc, n),
             "aurc": ranked[0][0]["aurc"],
             "runners_up": [row for row, _ in ranked[1:4]],
             "seed_rule": seed,

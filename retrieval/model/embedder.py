@@ -1,5 +1,8 @@
 """The embedding network: timm backbone -> Linear neck -> L2-normalised 512-d vector (SPEC 2.2).
 
+Without the neck (``neck=False``) it is the frozen backbone itself, whose L2-normalised features
+are the floor every trained model must beat on val (retrieval.training.frozen_candidate).
+
 Retrieval compares these vectors by L2 distance in a Faiss IndexFlat; unit length makes that
 order the same as cosine similarity, and matches what the ArcFace head trains.
 """
@@ -52,6 +55,7 @@ class EmbeddingModel(nn.Module):
         bn_train: bool = False,
         pooling: str = "avg",
         input_norm: InputNorm = IMAGENET,
+        neck: bool = True,
     ) -> None:
         super().__init__()
         _check_pooling(pooling)
@@ -60,7 +64,6 @@ class EmbeddingModel(nn.Module):
         # "gem": the backbone returns (B, C, H, W) (global_pool="") and GeM pools here.
         self.pool: nn.Module = GeM() if pooling == "gem" else nn.Identity()
         self.backbone_name = backbone_name
-        self.embedding_dim = embedding_dim
         self.pooling = pooling
         self.input_norm = input_norm
         self.bn_train = bn_train
@@ -68,7 +71,10 @@ class EmbeddingModel(nn.Module):
         # Output width of a num_classes=0 timm model: head_hidden_size where a pre-logits
         # layer widens it (MobileNetV3), else num_features.
         num_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
-        self.neck = nn.Linear(num_features, embedding_dim)
+        self.has_neck = neck
+        self.embedding_dim = embedding_dim if neck else num_features
+        self.neck: nn.Module = nn.Linear(num_features, embedding_dim) if neck else nn.Identity()
+        self._num_features = num_features
         self.weights_description = ""  # where the backbone weights came from, for the log
         self.train(self.training)  # freeze BatchNorm from the start, not only after .train()
 
@@ -85,10 +91,10 @@ class EmbeddingModel(nn.Module):
 
     def _check_feature_map(self, features: torch.Tensor) -> None:
         """GeM needs NCHW maps; token sequences (ViTs) or NHWC maps (Swin) cannot be pooled."""
-        if features.ndim != 4 or features.shape[1] != self.neck.in_features:
+        if features.ndim != 4 or features.shape[1] != self._num_features:
             raise InputError(
                 f"--pooling {self.pooling}: backbone {self.backbone_name!r} gives features of "
-                f"shape {tuple(features.shape)}, not (B, {self.neck.in_features}, H, W); "
+                f"shape {tuple(features.shape)}, not (B, {self._num_features}, H, W); "
                 "use --pooling avg with this backbone, or a CNN backbone"
             )
 
@@ -181,6 +187,7 @@ def build_embedding_model(
     bn_train: bool = False,
     pooling: str = "avg",
     input_norm: str = "backbone",
+    neck: bool = True,
 ) -> EmbeddingModel:
     """Create timm ``backbone`` with weights from ``pretrained`` and add the embedding neck.
 
@@ -188,9 +195,10 @@ def build_embedding_model(
     ``pooling``: one of ``POOLINGS``; for "gem" the backbone's own pooling is removed
     (timm ``global_pool=""``) so that it returns feature maps. ``input_norm``: one of
     ``INPUT_NORMS`` (``retrieval.input_norm``). The description of the weights loaded is kept
-    as ``model.weights_description`` for the log.
+    as ``model.weights_description`` for the log. ``neck=False``: no neck, the backbone's
+    own features are the embedding (``embedding_dim`` is then theirs).
     """
-    if embedding_dim < 1:
+    if neck and embedding_dim < 1:
         raise InputError(f"embedding_dim={embedding_dim}: must be >= 1 (default 512)")
     _check_pooling(pooling)
     module, description = create_backbone(backbone, pretrained)
@@ -203,6 +211,7 @@ def build_embedding_model(
         bn_train=bn_train,
         pooling=pooling,
         input_norm=resolve_input_norm(input_norm, backbone),
+        neck=neck,
     )
     model.weights_description = description
     return model

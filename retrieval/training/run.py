@@ -11,6 +11,7 @@ from retrieval.data.prepare import PreparedData, format_prepare_summary, prepare
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
 from retrieval.io import write_json_atomic
 from retrieval.training.distributed import DistContext, barrier, init_distributed, shutdown
+from retrieval.training.frozen_candidate import choose_served_model, restore_trained_best
 from retrieval.training.imprint import imprint_head
 from retrieval.training.schedule import cosine_end_note
 from retrieval.training.trainer import TrainingSession, TrainResult
@@ -69,6 +70,8 @@ def run_training(
             print(_batch_line(cfg, plan, ctx), flush=True)
             _print_schedule_note(cfg)
         session = TrainingSession(cfg, prepared, plan, ctx)
+        if ctx.is_main:
+            restore_trained_best(session.dir, fresh=fresh)
         latest = session.dir / ckpt.LATEST
         if latest.exists() and not fresh:
             session.resume(latest)
@@ -94,6 +97,9 @@ def run_training(
                 (session.dir / "train_log.csv").unlink(missing_ok=True)
         result = session.fit(max_batches=max_batches)
         if ctx.is_main and not result.interrupted:
+            choice = choose_served_model(cfg, prepared, plan, session.progress)
+            if choice is not None:
+                print(choice.describe(), flush=True)
             if cfg.data.eval_size == "auto":
                 _choose_eval_size(cfg, session.dir / ckpt.BEST, prepared, plan)
             _build_gallery(cfg, session.dir / ckpt.BEST)
