@@ -119,11 +119,16 @@ def choose_pair_options(
     notes, params, split = [], None, ValSplit(ws)
     if rerank != "none":
         tuned = tune_rerank_on_val(split, rerank)
-        params = tuned.params
-        notes.append(
-            f"--rerank {rerank}: {params} chosen on val (identity-balanced mAP "
-            f"{tuned.val_map:.3f}, {tuned.val_map_plain:.3f} without re-ranking)"
+        figures = (
+            f"identity-balanced mAP {tuned.val_map:.3f}, {tuned.val_map_plain:.3f} without "
+            "re-ranking"
         )
+        if tuned.val_map > tuned.val_map_plain:
+            params = tuned.params
+            notes.append(f"--rerank {rerank}: {params} chosen on val ({figures})")
+        else:  # "off" is a candidate too: val is the judge, not the flag
+            notes.append(f"--rerank {rerank}: off, val scores no setting above none ({figures})")
+            rerank = "none"
     prior = tune_closed_set_on_val(split, rerank, params) if closed_set else None
     if prior is not None:
         voters = 0 if prior.voter_labels is None else len(prior.voter_labels)
