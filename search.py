@@ -72,6 +72,10 @@ def _run(args: argparse.Namespace) -> int:
             f"--rerank {args.rerank} and --closed_set score a --pairs CSV; add --pairs or drop "
             "them (photo searches take --rerank qe)"
         )
+    if args.pairs:
+        from retrieval.pairs import read_pairs
+
+        read_pairs(Path(args.pairs))  # a damaged file is refused before the model loads
     workdir = Path(args.workdir)
     ws = _onnx_workspace(args, workdir) if args.onnx else workspace_from_args(args)
     if args.enroll or args.remove:

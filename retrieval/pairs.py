@@ -26,11 +26,22 @@ def read_pairs(csv_path: Path) -> pd.DataFrame:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise InputError(f"pairs file {csv_path} not found; pass the competition's test.csv")
+    expected = f"expected a text CSV with the header {','.join(PAIR_COLUMNS)} (like test.csv)"
+    with csv_path.open("rb") as handle:
+        if b"\0" in handle.read(4096):
+            raise InputError(f"pairs file {csv_path} is binary, not a CSV; {expected}")
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
+        raise InputError(f"pairs file {csv_path} is empty; {expected}") from None
+    except UnicodeDecodeError as exc:
         raise InputError(
-            f"pairs file {csv_path} is empty; expected a header {','.join(PAIR_COLUMNS)}"
+            f"pairs file {csv_path} is not UTF-8 text (it holds byte "
+            f"{exc.object[exc.start]:#04x}); save it as UTF-8: {expected}"
+        ) from None
+    except pd.errors.ParserError as exc:
+        raise InputError(
+            f"pairs file {csv_path} is not a well-formed CSV ({str(exc).strip()}); {expected}"
         ) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in PAIR_COLUMNS if c not in frame.columns]
@@ -42,6 +53,7 @@ def read_pairs(csv_path: Path) -> pd.DataFrame:
     if frame.empty:
         raise InputError(f"pairs file {csv_path} has a header but no pairs; nothing to score")
     frame = frame.loc[:, list(PAIR_COLUMNS)].reset_index(drop=True)
+    _refuse_empty_cells(frame, csv_path)
     duplicated = frame["row_id"].duplicated()
     if duplicated.any():
         raise InputError(
@@ -49,6 +61,21 @@ def read_pairs(csv_path: Path) -> pd.DataFrame:
             "row IDs must be unique"
         )
     return frame
+
+
+def _refuse_empty_cells(frame: pd.DataFrame, csv_path: Path) -> None:
+    """An empty cell is a damaged row, not an image missing from ``--images``: say where."""
+    empty = frame.apply(lambda column: column.str.strip() == "")
+    if not empty.to_numpy().any():
+        return
+    row = int(empty.any(axis=1).to_numpy().argmax())
+    column = str(empty.columns[empty.iloc[row].to_numpy().argmax()])
+    count = int(empty.to_numpy().sum())
+    raise InputError(
+        f"pairs file {csv_path} has {count} empty cell(s), the first in column {column} of "
+        f"data row {row + 1} (row_id {frame['row_id'].iloc[row]!r}); every row needs a "
+        f"row_id, query_image and gallery_image: fill the cell in or delete the row"
+    )
 
 
 def distinct_images(pairs_df: pd.DataFrame) -> list[str]:
