@@ -16,8 +16,6 @@ the flat storage is searched instead and rebuilt after every change.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import faiss
 import numpy as np
 
 from retrieval.errors import InputError
+from retrieval.io import atomic_path
 from retrieval.metrics import unit_rows
 
 QUERY_CHUNK_ROWS = 4096
@@ -190,17 +189,9 @@ class FlatIndex:
         return SearchResult(scores=scores, distances=distances, indices=indices.astype(np.int64))
 
     def save(self, path: Path) -> None:
-        """Write the CPU index atomically (temp file + os.replace): a crash keeps the old file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            faiss.write_index(self._cpu, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the CPU index atomically (``io.atomic_path``): a crash keeps the old file."""
+        with atomic_path(Path(path)) as tmp:
+            faiss.write_index(self._cpu, str(tmp))
 
     @classmethod
     def load(cls, path: Path, *, use_gpu: bool | None = None) -> FlatIndex:
