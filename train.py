@@ -186,6 +186,11 @@ def _run(args: argparse.Namespace) -> int:
     from retrieval.presets import materialize_preset
 
     cfg = build_run_config(resolve_values(args), workdir=args.workdir)
+    if cfg.loss.warmup_epochs == cfg.train.epochs:
+        print(
+            f"note: --warmup_epochs = --epochs = {cfg.train.epochs}: the backbone stays frozen "
+            "throughout (a probe: only the neck and head train)"
+        )
     materialize_preset(args.preset, Path(args.workdir), cfg.data.data)
     if args.prepare_only:
         from retrieval.data.prepare import format_prepare_summary

@@ -235,7 +235,22 @@ def build_run_config(values: dict[str, Any], *, workdir: str = ".") -> RunConfig
     for key, value in values.items():
         grouped[owners[key]][key] = value
     sections = {name: cls(**grouped[name]) for name, cls in SECTIONS.items()}
+    _check_phases(sections["loss"].warmup_epochs, sections["train"].epochs)
     return RunConfig(workdir=workdir, **sections)
+
+
+def _check_phases(warmup_epochs: int, epochs: int) -> None:
+    """A warm-up longer than the run would never fine-tune the backbone: refuse it.
+
+    Here, not in ``RunConfig.__post_init__``: a stored checkpoint config must still load.
+    ``warmup_epochs == epochs`` is the frozen-backbone probe (bench/ablation.py "probe").
+    """
+    _require(
+        warmup_epochs <= epochs,
+        f"--warmup_epochs {warmup_epochs} is more than --epochs {epochs}: the backbone stays "
+        f"frozen during the warm-up, so it would never be fine-tuned; give --warmup_epochs "
+        f"{epochs - 1} or fewer (or --warmup_epochs {epochs} for a frozen-backbone probe)",
+    )
 
 
 # How this machine runs, not what the run is: a resume decides these anew (plan_runtime).

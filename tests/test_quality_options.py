@@ -68,7 +68,7 @@ def test_frozen_stages_leave_the_stem_and_early_stages_as_they_started(tmp_path,
     data = tmp_path / "data"
     argv = ["--data", str(data), "--workdir", str(tmp_path / "w2"), "--fresh", *TINY_TRAIN_ARGS]
     capsys.readouterr()
-    assert train.main([*argv, "--epochs", "1", "--frozen_stages", "9"]) == 2
+    assert train.main([*argv, "--epochs", "1", "--warmup_epochs", "0", "--frozen_stages", "9"]) == 2
     assert "--frozen_stages 9" in capsys.readouterr().err
 
 
