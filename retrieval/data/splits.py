@@ -14,8 +14,9 @@ The rule, **group split first, stratified second**:
    random choice, the chance rising with the fractional part of the ideal count, so that small
    classes also reach val and test and no class size is favoured systematically.
 4. The last train group of a class is never taken: a class of 2 groups can give one group to
-   val *or* to test, never both, and a class of one group is train-only. Such classes are
-   counted in the report (``n_train_only_classes``), not hidden.
+   val *or* to test, never both, and a class of one group is train-only. So is a class whose
+   val and test shares are under one group each when rule 3's draw gives it no extra group.
+   Such classes are counted in the report (``n_train_only_classes``), not hidden.
 
 The result depends only on the seed and the set of (group, class) pairs, not on record order.
 """
@@ -201,6 +202,7 @@ class SplitReport:
     test: SplitCounts
     n_classes: int
     n_train_only_classes: int  # classes with no val and no test group
+    n_single_group_classes: int  # of those, classes of one group: train keeps it (rule 4)
     n_classes_in_all_splits: int
     n_excluded_groups: int = 0  # too small (image policy)
     n_unreadable_files: int = 0
@@ -222,11 +224,17 @@ def build_split_report(
         classes_in[name] = {r.label for r in rs}
         per[name] = SplitCounts(len(rs), len({r.group for r in rs}), len(classes_in[name]))
     all_classes = {r.label for r in records}
-    held_out = classes_in["val"] | classes_in["test"]
+    train_only = classes_in["train"] - classes_in["val"] - classes_in["test"]
+    train_groups: dict[str, set[str]] = defaultdict(set)
+    train_ids = set(splits.train)
+    for r in records:
+        if r.label in train_only and r.group in train_ids:
+            train_groups[r.label].add(r.group)
     return SplitReport(
         **per,
         n_classes=len(all_classes),
-        n_train_only_classes=len(all_classes - held_out),
+        n_train_only_classes=len(train_only),
+        n_single_group_classes=sum(len(g) == 1 for g in train_groups.values()),
         n_classes_in_all_splits=len(classes_in["train"] & classes_in["val"] & classes_in["test"]),
         n_excluded_groups=n_excluded_groups,
         n_unreadable_files=n_unreadable_files,
@@ -244,13 +252,26 @@ def format_report(report: SplitReport) -> str:
     lines.append(f"{'total':<6} {total_images:>8} {total_groups:>8} {report.n_classes:>8}")
     lines.append(
         f"classes: {report.n_classes} in total, {report.n_classes_in_all_splits} in all three "
-        f"splits, {report.n_train_only_classes} train-only (too few groups for val/test)"
+        f"splits, {report.n_train_only_classes} train-only{_train_only_reasons(report)}"
     )
     lines.append(
         f"excluded: {report.n_excluded_groups} group(s) below the minimum size, "
         f"{report.n_unreadable_files} unreadable file(s)"
     )
     return "\n".join(lines)
+
+
+def _train_only_reasons(report: SplitReport) -> str:
+    """Why classes are train-only (module docstring, rules 3-4): one group, or not drawn."""
+    single = report.n_single_group_classes
+    drawn = report.n_train_only_classes - single
+    reasons = [f"{single} of one group, which train keeps"] if single else []
+    if drawn:
+        reasons.append(
+            f"{drawn} not drawn for val/test: their share of each is under one group, "
+            "and the seeded draw that meets the split ratios gave them none"
+        )
+    return f" ({'; '.join(reasons)})" if reasons else ""
 
 
 # Storage ----------------------------------------------------------------------------------
