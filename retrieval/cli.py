@@ -109,11 +109,26 @@ def cli_main(
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
-    """Run a CLI body; user errors become one line on stderr and exit code 2."""
+    """Run a CLI body; user errors become one line on stderr and exit code 2.
+
+    So does a package missing from the Python that runs it (no venv): a missing module of
+    this project itself is a bug and keeps its traceback.
+    """
     try:
         return body()
     except (InputError, FileNotFoundError, PermissionError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if not err.name or err.name.partition(".")[0] == "retrieval":
+            raise
+        print(
+            f"{prog}: error: this Python ({sys.executable}) has no module {err.name!r}, which "
+            f"{prog} needs; run it with the project's environment (.venv/bin/python {prog} ...) "
+            f"or install the requirements into this Python: {sys.executable} -m pip install "
+            "-r requirements.txt",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
