@@ -1,11 +1,13 @@
 """Per-epoch logs (SPEC 3.9): the CSV beside the checkpoints, appended across resumes, and
-the console line."""
+the console lines."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from retrieval.io import atomic_path
 
 if TYPE_CHECKING:
     from retrieval.metrics import RetrievalMetrics
@@ -38,6 +40,25 @@ def append_epoch_row(path: Path, row: dict[str, object]) -> None:
         writer.writerow({key: _fmt(row[key]) for key in COLUMNS})
 
 
+def trim_epoch_log(path: Path, epochs_done: int) -> int:
+    """Drop the rows of epochs after ``epochs_done`` (1-based numbers above it); returns how many.
+
+    An interrupt after an epoch's row but before its checkpoint makes the next run redo that
+    epoch: trimming first keeps one row per epoch however often a run is interrupted.
+    """
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [row for row in rows if int(row["epoch"]) <= epochs_done]
+    if len(kept) < len(rows):
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+    return len(rows) - len(kept)
+
+
 def _fmt(value: object) -> object:
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -55,3 +76,11 @@ def epoch_line(epoch: int, phase: int, stats: EpochStats, metrics: RetrievalMetr
         f"epoch {epoch + 1} (phase {phase}): loss {stats.loss:.4f}, {val}, "
         f"lr {stats.lr:.2e}, {stats.images_per_s:.1f} img/s"
     )
+
+
+def interrupt_line(epoch: int, done: int) -> str:
+    """What an interrupt in (0-based) ``epoch`` kept: ``done`` whole epochs in latest_model.pt."""
+    if done == 0:
+        return f"interrupted in epoch {epoch + 1}: nothing saved; the next run starts afresh"
+    epoch = max(epoch, done)  # interrupted after the save, before the next epoch began
+    return f"interrupted in epoch {epoch + 1}: the run resumes from the end of epoch {done}"

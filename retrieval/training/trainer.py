@@ -29,7 +29,7 @@ from retrieval.model.arcface import ArcFaceHead, dynamic_margins
 from retrieval.model.embedder import build_embedding_model, check_frozen_stages
 from retrieval.training.distributed import DistContext, barrier, broadcast_object, device_for
 from retrieval.training.ema import build_ema
-from retrieval.training.epoch_log import append_epoch_row, epoch_line
+from retrieval.training.epoch_log import append_epoch_row, epoch_line, interrupt_line
 from retrieval.training.loop import EpochStats, StepSettings, TrainModule, train_one_epoch
 from retrieval.training.schedule import (
     LRSchedule,
@@ -60,6 +60,7 @@ class TrainingSession:
         self.dir = Path(cfg.workdir) / "checkpoints"
         self.accum_steps = plan.accum_steps
         self.progress = Progress()
+        self.saved_epochs = 0  # whole epochs in latest_model.pt: what an interrupt keeps
         ckpt.seed_rngs(cfg.data.seed + ctx.rank)  # DDP broadcasts rank 0's initial weights
         self.fingerprint = ckpt.data_fingerprint(
             {r.group for r in prepared.train}, prepared.class_to_idx
@@ -215,6 +216,7 @@ class TrainingSession:
         self._follow_new_lr(state.get("config", {}).get("train", {}).get("lr"))
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
+        self.saved_epochs = self.progress.next_epoch
         ckpt.restore_rng_states(state["rng"])
 
     def _follow_new_lr(self, stored: float | None) -> None:
@@ -227,14 +229,17 @@ class TrainingSession:
             print(f"lr: the checkpoint trained at --lr {stored:g}; resuming at --lr {lr:g}")
 
     def save(self, metrics: RetrievalMetrics | None, *, improved: bool) -> None:
+        """Save a finished epoch; ``latest`` last, as the commit point: an interrupt before it
+        redoes the epoch, which rewrites best and periodic with the same weights."""
         if not self.ctx.is_main:
             return
         state = self.state(metrics)
-        ckpt.save_atomic(state, self.dir / ckpt.LATEST)
         if improved:
             ckpt.save_atomic(state, self.dir / ckpt.BEST)
         if self.progress.next_epoch % 10 == 0:
             ckpt.save_atomic(state, self.dir / ckpt.periodic_name(self.progress.next_epoch))
+        ckpt.save_atomic(state, self.dir / ckpt.LATEST)
+        self.saved_epochs = self.progress.next_epoch
 
     # ----------------------------------------------------------------- epochs
     def _step_module(self, backbone_trainable: bool) -> torch.nn.Module:
@@ -252,7 +257,10 @@ class TrainingSession:
         """The run's one batch iterator, started at the first epoch this process trains."""
         if self._batches is None:
             self.stream.start_epoch = epoch
-            self._batches = iter(self.loader)
+            # A loader iterator draws its workers' base seed from torch's generator: forked,
+            # so a resumed run's generator stays where the uninterrupted run's was.
+            with torch.random.fork_rng(devices=[]):
+                self._batches = iter(self.loader)
         return self._batches
 
     def run_epoch(self, epoch: int, step_module: torch.nn.Module, max_batches: int | None):
@@ -335,6 +343,7 @@ class TrainingSession:
     def fit(self, max_batches: int | None = None) -> TrainResult:
         cfg, stopped, interrupted = self.cfg, False, False
         current_phase, step_module = None, self.module
+        epoch = self.progress.next_epoch
         try:
             for epoch in range(self.progress.next_epoch, cfg.train.epochs):
                 phase = phase_for_epoch(
@@ -355,22 +364,20 @@ class TrainingSession:
                     stopped = True
                     break
         except KeyboardInterrupt:
-            # The interrupted epoch is not counted: latest holds the last finished epoch plus
-            # everything needed to redo the interrupted one.
+            # Nothing of the unfinished epoch is saved: latest_model.pt keeps the last whole
+            # epoch (weights, optimiser, schedule, RNG states; the batch stream is seeded per
+            # epoch), so the next run redoes this epoch exactly as an uninterrupted run would.
             interrupted = True
-            self.save_interrupted()
+            if self.ctx.is_main:
+                print(interrupt_line(epoch, self.saved_epochs), flush=True)
         return self.result(stopped, interrupted)
-
-    def save_interrupted(self) -> None:
-        if self.ctx.is_main and self.progress.next_epoch > 0:
-            ckpt.save_atomic(self.state(None), self.dir / ckpt.LATEST)
 
     def result(self, stopped: bool, interrupted: bool) -> TrainResult:
         p = self.progress
         return TrainResult(
             best_recall_at_1=p.best_recall_at_1 if p.best_recall_at_1 >= 0 else None,
             best_epoch=p.best_epoch + 1,
-            epochs_done=p.next_epoch,
+            epochs_done=self.saved_epochs if interrupted else p.next_epoch,
             stopped_early=stopped,
             interrupted=interrupted,
             checkpoint_dir=self.dir,
