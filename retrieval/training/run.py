@@ -11,6 +11,7 @@ from retrieval.data.prepare import PreparedData, format_prepare_summary, prepare
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
 from retrieval.io import write_json_atomic
 from retrieval.training.distributed import DistContext, barrier, init_distributed, shutdown
+from retrieval.training.epoch_log import trim_epoch_log
 from retrieval.training.frozen_candidate import choose_served_model, restore_trained_best
 from retrieval.training.imprint import imprint_head
 from retrieval.training.schedule import cosine_end_note
@@ -93,8 +94,7 @@ def run_training(
         if ctx.is_main:
             session.dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(session.dir / "config.json", cfg.to_dict())
-            if fresh:
-                (session.dir / "train_log.csv").unlink(missing_ok=True)
+            trim_epoch_log(session.dir / "train_log.csv", session.progress.next_epoch)
         result = session.fit(max_batches=max_batches)
         if ctx.is_main and not result.interrupted:
             choice = choose_served_model(cfg, prepared, plan, session.progress)
