@@ -13,6 +13,7 @@ from pathlib import Path
 
 from retrieval.cli import (
     add_bool_flag,
+    add_local_match,
     add_target_accuracy,
     add_workdir_args,
     cli_main,
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
     add_workdir_args(p)
     add_target_accuracy(p)
+    add_local_match(p)
     p.add_argument("--split", choices=["val", "test"], default="test", help="query split")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="flip TTA (off)")
     p.add_argument(
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from retrieval.calibration.local_policy import local_queries
     from retrieval.calibration.policy import describe_policy
     from retrieval.evaluation import evaluate_split, format_report, write_outputs
     from retrieval.report.selective import outcomes, write_selective
@@ -77,7 +80,16 @@ def _run(args: argparse.Namespace) -> int:
     expand = args.rerank == "qe"
     policy = ws.gallery.policy_for(expand=expand)
     print(describe_policy(policy))
-    report, arrays = evaluate_split(ws, queries, split=args.split, expand=expand)
+
+    def local(paths: list[str]):
+        chosen, note = local_queries(
+            ws, paths, local_match=args.local_match, val=prepared.val, expand=expand
+        )
+        if note:
+            print(note)
+        return chosen
+
+    report, arrays = evaluate_split(ws, queries, split=args.split, expand=expand, local=local)
     results = workdir / "results"
     figures = results / "figures" if args.figures is not False else None
     files = write_outputs(ws, report, results)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from retrieval.cli import (
     add_bool_flag,
+    add_local_match,
     add_target_accuracy,
     add_workdir_args,
     cli_main,
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", help="image files or folders to identify")
     add_workdir_args(p)
     add_target_accuracy(p)
+    add_local_match(p)
     p.add_argument("--top_k", type=int, default=5, help="matches to show per image")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--pairs", help="CSV row_id,query_image,gallery_image to score")
@@ -102,7 +104,9 @@ def _run(args: argparse.Namespace) -> int:
     expand = args.rerank == "qe"
     if expand:
         print(_expansion(ws, args, workdir).describe(), file=sys.stderr)
-    answers = answer_images(ws, args.images, top_k=args.top_k, expand=expand)
+    answers = answer_images(
+        ws, args.images, top_k=args.top_k, expand=expand, local=_local(ws, args, workdir, expand)
+    )
     print(render(answers, args.format))
     return 1 if any(a.error for a in answers) else 0
 
@@ -133,6 +137,25 @@ def _expansion(ws, args: argparse.Namespace, workdir: Path):
 
         val = prepare_for(ws.loaded, workdir, data=None, image_root=None).val
     return ensure_expansion(ws, val)
+
+
+def _local(ws, args: argparse.Namespace, workdir: Path, expand: bool):
+    """What ``--local_match`` re-scores a search with: the gallery's fusion, chosen on the
+    checkpoint's val split on first use (printed on stderr, so JSON output stays clean)."""
+    from retrieval.calibration.local_policy import local_queries
+
+    def chosen(paths: list[str]):
+        val = None  # stored already, or --onnx: no torch to read the split with
+        if ws.gallery.fusion is None and not args.onnx and args.local_match != "off":
+            from retrieval.workspace import prepare_for
+
+            val = prepare_for(ws.loaded, workdir, data=None, image_root=None).val
+        local, note = local_queries(ws, paths, local_match=args.local_match, val=val, expand=expand)
+        if note:
+            print(note, file=sys.stderr)
+        return local
+
+    return chosen
 
 
 def _change_gallery(ws, args: argparse.Namespace) -> int:

@@ -70,6 +70,17 @@ def add_target_accuracy(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_local_match(parser: argparse.ArgumentParser) -> None:
+    """``--local_match``: keypoint matching fused with the global score (issue 36)."""
+    parser.add_argument(
+        "--local_match",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="re-score each photo's top hits by verified keypoint matches: auto (default) where "
+        "val scores it above the global embedding alone, on, or off",
+    )
+
+
 def default_checkpoint(workdir: str | Path, checkpoint: str | None) -> Path:
     """The checkpoint a CLI uses: the flag's, or the run's best model."""
     if checkpoint:

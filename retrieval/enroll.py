@@ -11,11 +11,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from retrieval.config import RunConfig
 from retrieval.data.images import check_images
 from retrieval.data.scan import load_records
 from retrieval.errors import InputError
 from retrieval.serving.evidence import decide_in_gallery
+from retrieval.serving.local_scores import forget_photos
 from retrieval.workspace import Workspace, refresh_policy
 
 
@@ -47,7 +50,9 @@ def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> En
     if fresh:
         embeddings = ws.embed(fresh, desc="enrolling")
         conflicts = _conflicts(ws, fresh, embeddings)
-        ws.gallery.add_items(embeddings, [r.label for r in fresh], [str(r.path) for r in fresh])
+        paths = [str(r.path) for r in fresh]
+        ws.gallery.add_items(embeddings, [r.label for r in fresh], paths)
+        forget_photos(ws.gallery_root, paths)  # a replaced file gets fresh keypoints
     new_classes = tuple(sorted({r.label for r in fresh} - before))
     ws.gallery.history.append(
         {
@@ -89,7 +94,10 @@ def _conflicts(ws: Workspace, records, embeddings) -> list[tuple[str, str, str, 
 def remove(ws: Workspace, class_name: str) -> tuple[int, str]:
     """Remove every gallery item of ``class_name``; returns how many were removed and what
     became of the decision policy (chosen again on val without that individual)."""
+    label = ws.gallery.class_index(class_name)
+    paths = [ws.gallery.paths_by_id[i] for i in np.flatnonzero(ws.gallery.labels_by_id == label)]
     removed = ws.gallery.remove_class(class_name)
+    forget_photos(ws.gallery_root, paths)
     if removed == 0:
         raise InputError(f"class {class_name!r} has no items left in the gallery")
     ws.gallery.history.append(

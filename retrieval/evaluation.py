@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from retrieval.metrics import RetrievalMetrics, confusion_pairs, evaluate_retrie
 from retrieval.report.selective import SelectiveReport, format_selective, selective_report
 from retrieval.serving.decide import Decision, predicted_labels
 from retrieval.serving.evidence import decide_in_gallery
+from retrieval.serving.local_scores import LocalQueries
 from retrieval.workspace import Workspace
 
 BENCHMARK_COLUMNS = (
@@ -66,9 +68,11 @@ def evaluate_split(
     split: str,
     expand: bool = False,
     progress: bool = True,
+    local: Callable[[list[str]], LocalQueries | None] | None = None,
 ) -> tuple[EvaluationReport, dict]:
     """Metrics and decisions of ``queries`` against the gallery (``expand``: with its stored
-    query expansion); returns the report and the arrays the figures need."""
+    query expansion; ``local``: the local matching photo search would apply, given the query
+    paths); returns the report and the arrays the figures need."""
     c2i = ws.loaded.class_to_idx
     known = [r for r in queries if r.label in c2i]
     if not known:
@@ -82,14 +86,17 @@ def evaluate_split(
     gallery_labels = gallery.labels_by_id[index.ids()]
     metrics = evaluate_retrieval(query_embeddings, truth, index.reconstruct_all(), gallery_labels)
     # the plain embeddings: the search applies the expansion itself, as photo search does
-    decisions, hits, policy = decide_in_gallery(gallery, plain, expand=expand)
+    paths = [str(r.path) for r in known]
+    decisions, hits, policy, _ = decide_in_gallery(
+        gallery, plain, expand=expand, local=None if local is None else local(paths)
+    )
     predicted = np.where([d.accepted for d in decisions], predicted_labels(decisions), -1)
     report = EvaluationReport(
         split=split,
         metrics=metrics,
         selective=selective_report(decisions, truth, policy),
         decisions=decisions,
-        query_paths=[str(r.path) for r in known],
+        query_paths=paths,
         truth=truth,
         confusions=confusion_pairs(truth, predicted, gallery.class_names, top_n=10),
         inference_images_per_s=timer.images_per_s,

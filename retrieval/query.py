@@ -7,6 +7,7 @@ rest are still answered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from retrieval.data.scan import IMAGE_EXTENSIONS
 from retrieval.errors import InputError
 from retrieval.serving.decide import Decision
 from retrieval.serving.evidence import EVIDENCE_K, decide_in_gallery
+from retrieval.serving.local_scores import LocalQueries
 
 if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
     from retrieval.onnx_embed import OnnxWorkspace
@@ -31,6 +33,7 @@ class Match:
     class_name: str
     distance: float  # L2 between unit embeddings, 0..2
     score: float  # cosine similarity
+    inliers: int | None = None  # verified keypoint matches, where local matching ran
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,16 @@ def _embed_once(
 
 
 def answer_images(
-    ws: Workspace | OnnxWorkspace, inputs: list[str], *, top_k: int = 5, expand: bool = False
+    ws: Workspace | OnnxWorkspace,
+    inputs: list[str],
+    *,
+    top_k: int = 5,
+    expand: bool = False,
+    local: Callable[[list[str]], LocalQueries | None] | None = None,
 ) -> list[QueryAnswer]:
     """Top-k matches and the decision for every image in ``inputs``; ``expand``: search with
-    the gallery's stored query expansion (``retrieval.serving.expansion``) and its own policy."""
+    the gallery's stored query expansion (``retrieval.serving.expansion``) and its own policy;
+    ``local``: given the readable photos, what local matching re-scores them with (or None)."""
     if top_k < 1:
         raise InputError(f"--top_k must be >= 1, got {top_k}")
     paths, errors = collect_images(inputs)
@@ -115,8 +124,12 @@ def answer_images(
     errors += unreadable
     if not paths:
         return errors
-    decisions, hits, policy = decide_in_gallery(
-        ws.gallery, embeddings, k=max(top_k, EVIDENCE_K), expand=expand
+    decisions, hits, policy, inliers = decide_in_gallery(
+        ws.gallery,
+        embeddings,
+        k=max(top_k, EVIDENCE_K),
+        expand=expand,
+        local=None if local is None else local([str(p) for p in paths]),
     )
     names = ws.gallery.class_names
     answers = []
@@ -127,6 +140,7 @@ def answer_images(
                 class_name=names[hits.labels[row, j]],
                 distance=float(hits.result.distances[row, j]),
                 score=float(hits.result.scores[row, j]),
+                inliers=None if inliers is None or inliers[row, j] < 0 else int(inliers[row, j]),
             )
             for j in range(min(top_k, hits.labels.shape[1]))
             if hits.labels[row, j] >= 0

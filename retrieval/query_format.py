@@ -36,8 +36,10 @@ def as_table(answers: list[QueryAnswer]) -> str:
     for answer in answers:
         lines = [f"{answer.image}: {_verdict(answer)}"]
         for rank, m in enumerate(answer.matches, start=1):
+            local = "" if m.inliers is None else f" inliers={m.inliers:<3}"
             lines.append(
-                f"  {rank:>2}. {m.class_name:<24} cos={m.score:.4f} d={m.distance:.4f}  {m.path}"
+                f"  {rank:>2}. {m.class_name:<24} cos={m.score:.4f} d={m.distance:.4f}{local}  "
+                f"{m.path}"
             )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
@@ -77,6 +79,7 @@ def _as_dict(answer: QueryAnswer) -> dict:
                 "class": m.class_name,
                 "score": m.score,
                 "distance": m.distance,
+                "inliers": m.inliers,
             }
             for i, m in enumerate(answer.matches)
         ],

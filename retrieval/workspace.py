@@ -164,6 +164,9 @@ def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = N
         target_accuracy=target,
     )
     rule = ws.gallery.policy_for(expand=False).rule.describe()
+    if ws.gallery.fusion is not None:  # fitted on the old gallery: chosen again on next use
+        ws.gallery.fusion = None
+        note += "; local matching is calibrated again on val at the next search"
     return f"decision policy: {rule}, chosen again on val ({why}){note}"
 
 

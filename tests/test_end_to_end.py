@@ -115,16 +115,23 @@ def test_evaluate_writes_metrics_tables_and_figures(trained, capsys):
     assert (workdir / "results" / "figures" / "test_retrieval_grid.png").is_file()
 
 
-def test_evaluate_and_search_give_one_answer_for_the_same_photo(trained, capsys):
-    """The decision evaluate measures is the one search prints: same class, same confidence."""
+@pytest.mark.parametrize("local_match", ["auto", "on"])
+def test_evaluate_and_search_give_one_answer_for_the_same_photo(trained, capsys, local_match):
+    """The decision evaluate measures is the one search prints: same class, same confidence,
+    with local matching as val chose it or forced on."""
     _, workdir = trained
-    assert evaluate.main(["--split", "test", "--workdir", str(workdir), "--figures=false"]) == 0
+    wd = ["--workdir", str(workdir), "--local_match", local_match]
+    assert evaluate.main(["--split", "test", *wd, "--figures=false"]) == 0
+    assert "local matching: " in capsys.readouterr().out  # what val chose is printed
     with (workdir / "results" / "test_decisions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    capsys.readouterr()
     images = [row["image"] for row in rows]
-    assert search.main([*images, "--workdir", str(workdir), "--format", "json"]) == 0
-    answers = {a["image"]: a for a in json.loads(capsys.readouterr().out)}
+    assert search.main([*images, *wd, "--format", "json"]) == 0
+    output = capsys.readouterr()
+    answers = {a["image"]: a for a in json.loads(output.out)}
+    if local_match == "on":  # every shown match carries its verified keypoint count
+        assert "local matching: on" in output.err
+        assert all(m["inliers"] is not None for a in answers.values() for m in a["matches"])
     for row in rows:
         got = answers[row["image"]]
         assert got["confidence"] == pytest.approx(float(row["confidence"]), abs=1e-5)

@@ -35,6 +35,7 @@ def test_pool_size_leaves_small_jobs_in_process() -> None:
 def test_the_pool_equals_in_process(photos: list[Path], monkeypatch, capsys) -> None:
     monkeypatch.setattr(pool, "MIN_IMAGES_PER_WORKER", 1)
     monkeypatch.setattr(pool, "MIN_PAIRS_PER_WORKER", 1)
+    monkeypatch.setattr(pool, "_PROGRESS_FROM", {"keypoints": 1, "local matches": 1})
     alone = pool.extract_many(photos, settings=SETTINGS, workers=1, progress=False)
     pooled = pool.extract_many(photos, settings=SETTINGS, workers=2, progress=True)
     assert "keypoints: 8/8 (100%)" in capsys.readouterr().err  # plain lines off a terminal

@@ -34,6 +34,7 @@ from retrieval.local.matching import LocalMatch, check_geometry, match_local
 
 MIN_IMAGES_PER_WORKER = 4  # about 0.1 s each at 512 px; a worker takes about 1 s to start
 MIN_PAIRS_PER_WORKER = 64  # about 20 ms each at 1024 keypoints
+_PROGRESS_FROM = {"keypoints": 30, "local matches": 600}
 _CHUNKS_PER_WORKER = 8  # enough chunks for an even load and a moving progress bar
 
 _worker_shared: dict[str, Any] = {}  # in a worker process only: what its tasks share
@@ -95,7 +96,8 @@ def _map_chunks(
     """
     size = max(1, math.ceil(len(items) / (workers * _CHUNKS_PER_WORKER)))
     chunks = [items[a : a + size] for a in range(0, len(items), size)]
-    bar = _Progress(len(items), desc, progress)
+    # a bar only for jobs of more than a few seconds (about 0.1 s a photo, 5 ms a pair)
+    bar = _Progress(len(items), desc, progress and len(items) >= _PROGRESS_FROM[desc])
     results: list = []
     try:
         if workers == 1:

@@ -160,7 +160,9 @@ class Decision:
         return self.label is not None
 
 
-def _reason(f: Features, i: int, confidence: float, policy: DecisionPolicy, name) -> str:
+def _reason(
+    f: Features, i: int, confidence: float, policy: DecisionPolicy, name, score_name: str
+) -> str:
     """Why an answer is declined, for a person: two individuals share the evidence (the
     runner-up holds at least half the winner's share: reshoot), or nothing known is close
     enough to be sure (a new individual, or a poor photo)."""
@@ -174,7 +176,7 @@ def _reason(f: Features, i: int, confidence: float, policy: DecisionPolicy, name
             f"{name(f.runner_up[i])} ({f.runner_up_share[i]:.2f}) - reshoot"
         )
     return (
-        f"unclassifiable: nearest match is far ({name(f.predicted[i])} at cosine "
+        f"unclassifiable: nearest match is far ({name(f.predicted[i])} at {score_name} "
         f"{f.top_score[i]:.2f}, confidence {confidence:.2f} < {policy.threshold:.2f}; likely a "
         "new individual, or reshoot)"
     )
@@ -185,16 +187,22 @@ def decide(
     policy: DecisionPolicy,
     *,
     class_names: Sequence[str] | None = None,
+    score_name: str = "cosine",
 ) -> list[Decision]:
-    """One decision per query row of ``evidence`` under ``policy``; ``class_names`` only makes
-    the reasons readable."""
+    """One decision per query row of ``evidence`` under ``policy``; ``class_names`` and
+    ``score_name`` (what the hit scores are) only make the reasons readable."""
     if evidence.hit_scores.shape != evidence.hit_labels.shape:
         raise InputError("hit scores and labels must have one (Q, k) shape")
-    return decide_features(features(policy.rule, evidence), policy, class_names=class_names)
+    f = features(policy.rule, evidence)
+    return decide_features(f, policy, class_names=class_names, score_name=score_name)
 
 
 def decide_features(
-    f: Features, policy: DecisionPolicy, *, class_names: Sequence[str] | None = None
+    f: Features,
+    policy: DecisionPolicy,
+    *,
+    class_names: Sequence[str] | None = None,
+    score_name: str = "cosine",
 ) -> list[Decision]:
     """``decide`` from features already computed under ``policy.rule`` (another calibrator
     or threshold of the same rule decides again without searching again)."""
@@ -206,7 +214,7 @@ def decide_features(
     out = []
     for i in range(len(f.predicted)):
         conf = float(confidence[i])
-        reason = _reason(f, i, conf, policy, name)
+        reason = _reason(f, i, conf, policy, name, score_name)
         out.append(
             Decision(
                 label=int(f.predicted[i]) if reason == "accepted" else None,

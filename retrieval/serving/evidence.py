@@ -7,13 +7,16 @@ decides on identical inputs.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from retrieval.serving.classes import class_means, class_sizes, mean_scores
 from retrieval.serving.decide import Decision, DecisionPolicy, decide
-from retrieval.serving.index import FlatIndex
+from retrieval.serving.fusion import fused_evidence, fused_order
+from retrieval.serving.index import FlatIndex, SearchResult
+from retrieval.serving.local_scores import LocalQueries
 from retrieval.serving.rules import QueryEvidence
 
 if TYPE_CHECKING:
@@ -47,20 +50,59 @@ class GalleryAnswers(NamedTuple):
     the policy it applied."""
 
     decisions: list[Decision]
-    hits: GalleryHits
+    hits: GalleryHits  # best first: by fused score where local matching re-scored them
     policy: DecisionPolicy
+    inliers: np.ndarray | None = None  # (Q, k) int32 beside the hits, -1 = not matched
 
 
 def decide_in_gallery(
-    gallery: Gallery, queries: np.ndarray, *, k: int = EVIDENCE_K, expand: bool = False
+    gallery: Gallery,
+    queries: np.ndarray,
+    *,
+    k: int = EVIDENCE_K,
+    expand: bool = False,
+    local: LocalQueries | None = None,
 ) -> GalleryAnswers:
     """Search ``queries`` (Q, D) unit rows and decide each under the gallery's stored policy
-    for this kind of search: what photo search, evaluate and the enrol check all do."""
-    policy = gallery.policy_for(expand=expand)
-    evidence, hits = gallery_evidence(
-        gallery, queries, k=k, expand=expand, need_means=policy.rule.needs_means
+    for this kind of search: what photo search, evaluate and the enrol check all do.
+    ``local``: the query photos, so that the gallery's local-match fusion re-scores each
+    shortlist before the decision (the caller passes it where ``--local_match`` says so)."""
+    fusion = gallery.fusion if local is not None and not expand else None
+    if fusion is None:
+        policy = gallery.policy_for(expand=expand)
+        evidence, hits = gallery_evidence(
+            gallery, queries, k=k, expand=expand, need_means=policy.rule.needs_means
+        )
+        decisions = decide(evidence, policy, class_names=gallery.class_names)
+        return GalleryAnswers(decisions, hits, policy)
+    assert local is not None and fusion.policy is not None
+    policy = fusion.policy
+    evidence, hits = gallery_evidence(gallery, queries, k=k, need_means=policy.rule.needs_means)
+    scorer = local.scorer(fusion)
+    inliers = scorer.inliers(scorer.query_features(local.paths), hits.paths, fusion.shortlist)
+    scores, order = fused_order(fusion, evidence.hit_scores, inliers, evidence.hit_labels)
+    evidence = fused_evidence(evidence, scores, order)
+    decisions = decide(evidence, policy, class_names=gallery.class_names, score_name="fused score")
+    matched = np.full(hits.labels.shape, -1, np.int32)
+    matched[:, : inliers.shape[1]] = inliers
+    return GalleryAnswers(
+        decisions,
+        reorder_hits(hits, order),
+        policy,
+        np.take_along_axis(matched, order, axis=1),
     )
-    return GalleryAnswers(decide(evidence, policy, class_names=gallery.class_names), hits, policy)
+
+
+def reorder_hits(hits: GalleryHits, order: np.ndarray) -> GalleryHits:
+    """``hits`` with each row's columns in ``order`` (Q, k) (cosines stay as they were)."""
+    r = hits.result
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(a, order, axis=1)
+
+    result = SearchResult(take(r.scores), take(r.distances), take(r.indices))
+    paths = [[row[j] for j in cols] for row, cols in zip(hits.paths, order, strict=True)]
+    return replace(hits, result=result, labels=take(hits.labels), paths=paths)
 
 
 def array_evidence(

@@ -22,6 +22,7 @@ from retrieval.io import read_json, write_json_atomic
 from retrieval.serving import classes
 from retrieval.serving.decide import DecisionPolicy
 from retrieval.serving.expansion import GalleryExpansion, augment_gallery, expand_queries
+from retrieval.serving.fusion import Fusion
 from retrieval.serving.index import FlatIndex, SearchResult
 
 POINTER = "current.json"
@@ -51,6 +52,7 @@ class Gallery:
     policy: DecisionPolicy | None = None  # chosen on val; None: not chosen yet
     history: list[dict] = field(default_factory=list)  # what built or changed the gallery
     expansion: GalleryExpansion | None = None  # --rerank qe, chosen on val
+    fusion: Fusion | None = None  # local matching: chosen on val; None: not chosen yet
     # the DBA'd vectors under the same IDs, built on first use and dropped on every change
     _augmented: FlatIndex | None = field(default=None, init=False, repr=False, compare=False)
     _means: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -143,6 +145,11 @@ class Gallery:
         self._changed()
         self.history.append({"event": "expansion", **expansion.to_dict(), "time": _now()})
 
+    def set_fusion(self, fusion: Fusion) -> None:
+        self.fusion = fusion
+        entry = {"mode": fusion.mode, "shortlist": fusion.shortlist, **fusion.evidence}
+        self.history.append({"event": "local_match", **entry, "time": _now()})
+
     def label_hits(self, result: SearchResult) -> GalleryHits:
         """``result`` (indices are item IDs) with each hit's class and image path."""
         safe = np.clip(result.indices, 0, None)
@@ -225,6 +232,7 @@ class Gallery:
             "decision": None if self.policy is None else self.policy.to_dict(),
             "history": self.history,
             "expansion": None if self.expansion is None else self.expansion.to_dict(),
+            "fusion": None if self.fusion is None else self.fusion.to_dict(),
             "items": self.size,
         }
 
@@ -248,7 +256,7 @@ class Gallery:
         expansion = meta.get("expansion")
         if meta.get("format", 1) < 2:  # vote thresholds: the policy is chosen again on val
             expansion = None
-        decision = meta.get("decision")
+        decision, fusion = meta.get("decision"), meta.get("fusion")
         gallery = cls(
             index=FlatIndex.load(folder / "index.faiss", use_gpu=use_gpu),
             labels_by_id=np.load(folder / "labels_by_id.npy"),
@@ -258,6 +266,7 @@ class Gallery:
             policy=None if decision is None else DecisionPolicy.from_dict(decision),
             history=list(meta["history"]),
             expansion=None if expansion is None else GalleryExpansion.from_dict(expansion),
+            fusion=None if fusion is None else Fusion.from_dict(fusion),
         )
         if expansion is not None:
             gallery._augmented = FlatIndex.load(folder / EXPANDED_INDEX, use_gpu=use_gpu)

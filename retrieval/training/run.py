@@ -102,7 +102,7 @@ def run_training(
                 print(choice.describe(), flush=True)
             if cfg.data.eval_size == "auto":
                 _choose_eval_size(cfg, session.dir / ckpt.BEST, prepared, plan)
-            _build_gallery(cfg, session.dir / ckpt.BEST)
+            _build_gallery(cfg, session.dir / ckpt.BEST, prepared)
         return result
     finally:
         shutdown(ctx)
@@ -130,9 +130,11 @@ def _choose_eval_size(
     print(choice.describe(), flush=True)
 
 
-def _build_gallery(cfg: RunConfig, best: Path) -> None:
+def _build_gallery(cfg: RunConfig, best: Path, prepared: PreparedData) -> None:
     """Index the train split with the best model now, so the first search is instant, and
-    say which decision rule val chose for it."""
+    say which decision rule, and whether local matching, val chose for it."""
+    from retrieval.calibration.fusion_fit import describe_fusion
+    from retrieval.calibration.local_policy import ensure_fusion
     from retrieval.calibration.policy import describe_policy
     from retrieval.workspace import open_workspace
 
@@ -145,6 +147,9 @@ def _build_gallery(cfg: RunConfig, best: Path) -> None:
     )
     print(f"gallery: {ws.gallery.size} images indexed in {Path(cfg.workdir) / 'gallery'}")
     print(describe_policy(ws.gallery.policy_for(expand=False)))
+    fusion = ensure_fusion(ws, prepared.val)
+    if fusion is not None:
+        print(describe_fusion(fusion, "auto"))
 
 
 def _print_schedule_note(cfg: RunConfig) -> None:

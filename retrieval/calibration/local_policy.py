@@ -1,0 +1,89 @@
+"""A gallery's local-match fusion: chosen once on its val photos, stored, and applied as
+``--local_match`` says (auto: only where val scored it above global only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from retrieval.calibration.fusion_fit import SHORTLISTS, choose_fusion, describe_fusion
+from retrieval.calibration.gallery_policy import EmbeddingGallery, val_queries
+from retrieval.data.records import ImageRecord
+from retrieval.errors import InputError
+from retrieval.local.features import LocalSettings
+from retrieval.serving.evidence import gallery_evidence
+from retrieval.serving.fusion import Fusion
+from retrieval.serving.local_scores import LocalQueries, LocalScorer
+
+MAX_KEYPOINTS = 512  # per photo: half the matching time of 1024 (bench/local_bench.py)
+LOCAL_MODES = ("auto", "on", "off")
+
+
+def choose_gallery_fusion(
+    ws: EmbeddingGallery, val: Sequence[ImageRecord], *, progress: bool = True
+) -> Fusion | None:
+    """Fit the fusion on the val photos of the gallery's individuals (None: fewer than 2)."""
+    gallery = ws.gallery
+    known = val_queries(gallery, list(val))
+    if len(known) < 2 or gallery.size == 0:
+        return None
+    embeddings = ws.embed(known, desc="val (local matching)")
+    truth = np.array([gallery.class_index(r.label) for r in known], dtype=np.int64)
+    evidence, hits = gallery_evidence(gallery, embeddings, need_means=True)
+    scorer = LocalScorer(
+        ws.gallery_root, LocalSettings(max_keypoints=MAX_KEYPOINTS), progress=progress
+    )
+    queries = scorer.query_features([str(r.path) for r in known])
+    inliers = scorer.inliers(queries, hits.paths, max(SHORTLISTS))
+    target = gallery.policy_for(expand=False).target_accuracy
+    return choose_fusion(
+        evidence, inliers, truth, max_keypoints=MAX_KEYPOINTS, target_accuracy=target
+    )
+
+
+def ensure_fusion(
+    ws: EmbeddingGallery, val: Sequence[ImageRecord] | None, *, progress: bool = True
+) -> Fusion | None:
+    """The gallery's stored fusion, or one chosen on ``val`` now and saved with the gallery;
+    None when val cannot choose one (``val`` None: the caller cannot read it, e.g. ONNX)."""
+    gallery = ws.gallery
+    if gallery.fusion is not None or val is None:
+        return gallery.fusion
+    fusion = choose_gallery_fusion(ws, val, progress=progress)
+    if fusion is not None:
+        gallery.set_fusion(fusion)
+        gallery.save(ws.gallery_root)
+    return fusion
+
+
+def local_queries(
+    ws: EmbeddingGallery,
+    paths: Sequence[str],
+    *,
+    local_match: str,
+    val: Sequence[ImageRecord] | None,
+    expand: bool = False,
+    progress: bool = True,
+) -> tuple[LocalQueries | None, str]:
+    """What a search passes to ``decide_in_gallery`` under ``--local_match``, with a line
+    saying what was applied and why."""
+    if local_match not in LOCAL_MODES:
+        raise InputError(f"--local_match {local_match!r}: choose one of {', '.join(LOCAL_MODES)}")
+    if local_match == "off":
+        return None, ""
+    if expand:
+        return None, "local matching: off with --rerank qe (fused with plain searches only)"
+    fusion = ensure_fusion(ws, val, progress=progress)
+    if fusion is None:
+        if local_match == "on":
+            raise InputError(
+                "--local_match on: this gallery has no local-match calibration and none can "
+                "be fitted (fewer than 2 val photos of its individuals, or --onnx); use "
+                "--local_match off"
+            )
+        return None, "local matching: off (no val photos to calibrate it on)"
+    note = describe_fusion(fusion, local_match)
+    if local_match == "auto" and not fusion.helps:
+        return None, note
+    return LocalQueries(list(paths), ws.gallery_root, progress=progress), note

@@ -1,0 +1,132 @@
+"""Inlier counts between queries and their shortlisted gallery photos (retrieval.local).
+
+Gallery keypoints are a cache beside the gallery (``<gallery>/local_features.npz``): they
+depend on the photo and the extraction settings, not on the model, so a retrained model reuses
+them. A photo is extracted the first time a shortlist names it, so the cost grows with the
+shortlist, not with the gallery; enrolment and removal drop the entries of their photos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from retrieval.errors import InputError
+from retrieval.local.features import LocalFeatures, LocalSettings
+from retrieval.local.pool import extract_many, match_many
+from retrieval.local.store import (
+    STORE_NAME,
+    load_local_features,
+    remove_local_features,
+    save_local_features,
+)
+
+if TYPE_CHECKING:
+    from retrieval.serving.fusion import Fusion
+
+
+def store_key(settings: LocalSettings) -> str:
+    """What a keypoint cache is valid for: the extraction settings (not the model)."""
+    return f"rootsift:{settings.max_keypoints}:{settings.work_size}"
+
+
+@dataclass(frozen=True)
+class LocalScorer:
+    """Matches queries against gallery photos, keeping gallery keypoints in ``root``."""
+
+    root: Path  # the gallery folder
+    settings: LocalSettings
+    geometry: str = "homography"
+    progress: bool = True
+
+    @property
+    def store(self) -> Path:
+        return Path(self.root) / STORE_NAME
+
+    def gallery_features(self, paths: Sequence[str]) -> list[LocalFeatures]:
+        """Keypoints of ``paths`` from the cache, extracting (and caching) the missing ones."""
+        cached = self._cached()
+        missing = sorted({p for p in paths if p not in cached})
+        if missing:
+            found = extract_many(missing, settings=self.settings, progress=self.progress)
+            cached.update(zip(missing, found, strict=True))
+            self.root.mkdir(parents=True, exist_ok=True)
+            save_local_features(
+                self.store,
+                list(cached.values()),
+                fingerprint=store_key(self.settings),
+                image_paths=list(cached),
+                settings=self.settings,
+            )
+        return [cached[p] for p in paths]
+
+    def _cached(self) -> dict[str, LocalFeatures]:
+        """The cache as {path: keypoints}; one made with other settings, or damaged, is
+        started again (it is only a cache)."""
+        if not self.store.is_file():
+            return {}
+        try:
+            store = load_local_features(self.store, fingerprint=store_key(self.settings))
+        except InputError as err:
+            print(f"note: keypoint cache started again ({err})")
+            return {}
+        return dict(zip(store.image_paths, store.features, strict=True))
+
+    def query_features(self, paths: Sequence[str]) -> list[LocalFeatures]:
+        return extract_many(list(paths), settings=self.settings, progress=self.progress)
+
+    def inliers(
+        self, queries: Sequence[LocalFeatures], hit_paths: Sequence[Sequence[str]], shortlist: int
+    ) -> np.ndarray:
+        """(Q, B) int32 verified inliers of each query with its first B hits (0 past the
+        hits a row has). ``hit_paths``: per query, gallery paths best first ("" = no hit)."""
+        b = min(shortlist, max((len(row) for row in hit_paths), default=0))
+        wanted = sorted({p for row in hit_paths for p in row[:b] if p})
+        gallery = self.gallery_features(wanted)
+        column = {p: i for i, p in enumerate(wanted)}
+        cells = [(q, j) for q, row in enumerate(hit_paths) for j, p in enumerate(row[:b]) if p]
+        pairs = np.array([(q, column[hit_paths[q][j]]) for q, j in cells], np.int64)
+        out = np.zeros((len(hit_paths), b), np.int32)
+        if not cells:
+            return out
+        matches = match_many(
+            queries, gallery, pairs, geometry=self.geometry, progress=self.progress
+        )
+        for (q, j), match in zip(cells, matches, strict=True):
+            out[q, j] = match.inliers
+        return out
+
+
+def forget_photos(root: Path, paths: Collection[str]) -> None:
+    """Drop cached keypoints of these photos (enrolled again or removed): a changed file is
+    extracted afresh the next time a shortlist names it."""
+    store = Path(root) / STORE_NAME
+    if not store.is_file() or not paths:
+        return
+    try:
+        key = str(np.load(store, allow_pickle=False)["fingerprint"])
+        remove_local_features(store, fingerprint=key, image_paths=paths)
+    except (InputError, OSError, KeyError, ValueError):
+        store.unlink(missing_ok=True)  # a damaged cache is rebuilt on demand
+
+
+@dataclass(frozen=True)
+class LocalQueries:
+    """The query photos of a search, for the gallery's local-match fusion to re-score with."""
+
+    paths: Sequence[str]
+    root: Path  # the gallery folder, where gallery keypoints are cached
+    progress: bool = True
+
+    def scorer(self, fusion: Fusion) -> LocalScorer:
+        """A scorer with the extraction settings and geometry val chose with ``fusion``."""
+        return LocalScorer(
+            Path(self.root),
+            LocalSettings(max_keypoints=fusion.max_keypoints),
+            geometry=fusion.geometry,
+            progress=self.progress,
+        )
