@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # atomic_path's names
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files that ``atomic_path`` writers killed mid-save left in
+    ``folder`` (recursively); returns them. A file whose writer still runs is kept."""
+    stale = []
+    for path in sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []:
+        match = _TEMP_NAME.match(path.name)
+        if match and path.is_file() and not _process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; where that cannot be asked safely (Windows) assume it does."""
+    if pid == os.getpid() or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

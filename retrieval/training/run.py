@@ -14,6 +14,7 @@ from retrieval.training.distributed import DistContext, barrier, init_distribute
 from retrieval.training.epoch_log import trim_epoch_log
 from retrieval.training.frozen_candidate import choose_served_model, restore_trained_best
 from retrieval.training.imprint import imprint_head
+from retrieval.training.run_files import archive_previous_run, remove_killed_saves
 from retrieval.training.schedule import cosine_end_note
 from retrieval.training.trainer import TrainingSession, TrainResult
 
@@ -72,6 +73,7 @@ def run_training(
             _print_schedule_note(cfg)
         session = TrainingSession(cfg, prepared, plan, ctx)
         if ctx.is_main:
+            _tidy_checkpoints(Path(cfg.workdir), fresh=fresh)
             restore_trained_best(session.dir, fresh=fresh)
         latest = session.dir / ckpt.LATEST
         if latest.exists() and not fresh:
@@ -106,6 +108,17 @@ def run_training(
         return result
     finally:
         shutdown(ctx)
+
+
+def _tidy_checkpoints(workdir: Path, *, fresh: bool) -> None:
+    """Before the run touches its checkpoints: no leftovers of killed saves, and for a fresh
+    run the previous run's files put aside (kept) rather than mixed with the new ones."""
+    for line in (
+        remove_killed_saves(workdir),
+        fresh and archive_previous_run(workdir / "checkpoints"),
+    ):
+        if line:
+            print(line, flush=True)
 
 
 def _choose_eval_size(
