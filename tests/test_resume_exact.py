@@ -31,6 +31,8 @@ import os, signal, sys
 import retrieval.training.trainer as trainer
 
 stop_epoch, real = int(sys.argv[1]), trainer.train_one_epoch
+# a job started in the background (cmd &) ignores SIGINT: restore Ctrl-C's KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def interrupted(batches, epoch):
     for number, batch in enumerate(batches):
