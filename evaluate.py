@@ -162,8 +162,18 @@ def _flip_check(ws, records, split: str, results: Path) -> Path:
     return path
 
 
+def _run_locked(args: argparse.Namespace) -> int:
+    """--rebuild_gallery and --open_set write the gallery: one writer per workdir."""
+    if not (args.rebuild_gallery or args.open_set):
+        return _run(args)
+    from retrieval.workdir_lock import command_line, workdir_lock
+
+    with workdir_lock(Path(args.workdir), command_line("evaluate.py")):
+        return _run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return cli_main("evaluate.py", build_parser, _run, argv)
+    return cli_main("evaluate.py", build_parser, _run_locked, argv)
 
 
 if __name__ == "__main__":

@@ -171,8 +171,18 @@ def _change_gallery(ws, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_locked(args: argparse.Namespace) -> int:
+    """--enroll, --remove and --rebuild_gallery write the gallery: one writer per workdir."""
+    if not (args.enroll or args.remove or args.rebuild_gallery):
+        return _run(args)
+    from retrieval.workdir_lock import command_line, workdir_lock
+
+    with workdir_lock(Path(args.workdir), command_line("search.py")):
+        return _run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return cli_main("search.py", build_parser, _run, argv)
+    return cli_main("search.py", build_parser, _run_locked, argv)
 
 
 if __name__ == "__main__":

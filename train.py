@@ -205,8 +205,16 @@ def _run(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _run_locked(args: argparse.Namespace) -> int:
+    """A run writes splits, checkpoints and the gallery: one writer per workdir."""
+    from retrieval.workdir_lock import command_line, workdir_lock
+
+    with workdir_lock(Path(args.workdir), command_line("train.py")):
+        return _run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return cli_main("train.py", build_parser, _run, argv)
+    return cli_main("train.py", build_parser, _run_locked, argv)
 
 
 if __name__ == "__main__":

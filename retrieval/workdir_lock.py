@@ -1,0 +1,93 @@
+"""One writer per workdir: ``train.py`` and the gallery-changing modes hold ``<workdir>/.lock``.
+
+Two writers in one workdir (two ``train.py``, or an ``--enroll`` during training) would write
+the same checkpoints and gallery. The lock is an ``fcntl.flock`` on the file, which the kernel
+releases when its holder exits however it ends, ``kill -9`` included, so a lock is never stale.
+The file names the holder (pid and command line) for the refusal message. Readers (plain
+search and evaluate) take no lock: every file they read is replaced atomically.
+
+Without ``fcntl`` (Windows) the lock is the file itself, created exclusively and removed on
+exit; one left by a killed holder is named in the message, with the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from retrieval.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+LOCK_NAME = ".lock"
+
+
+def command_line(prog: str) -> str:
+    """How the holder shows in a refusal: the command line when ``prog`` runs as a script,
+    else just ``prog`` (``main([...])`` called from Python)."""
+    if Path(sys.argv[0]).name == prog:
+        return shlex.join([prog, *sys.argv[1:]])
+    return prog
+
+
+@contextmanager
+def workdir_lock(workdir: Path, command: str) -> Iterator[None]:
+    """Hold ``workdir``'s writer lock for the body; ``InputError`` naming the holder if another
+    process holds it. ``command`` is what a refused writer is told the holder runs."""
+    workdir = Path(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--workdir {workdir} cannot be created ({err}); pick another") from None
+    path = workdir / LOCK_NAME
+    take = _take_flock if fcntl is not None else _take_exclusive_file
+    with take(path, f"{os.getpid()}\n{command}\n"):
+        yield
+
+
+@contextmanager
+def _take_flock(path: Path, holder: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(path, os.pread(fd, 4096, 0).decode(errors="replace")) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # the file stays: unlinking a flock file races a new holder
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def _take_exclusive_file(path: Path, holder: str) -> Iterator[None]:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        error = _in_use(path, path.read_text(errors="replace"))
+        raise InputError(f"{error}; if no such process runs any more, delete {path}") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(holder)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _in_use(path: Path, holder: str) -> InputError:
+    pid, _, command = holder.strip().partition("\n")
+    who = f"pid {pid} ({command.strip()})" if pid else "another process"
+    return InputError(
+        f"workdir {path.parent} is in use by {who}; wait for it to finish or use another --workdir"
+    )
