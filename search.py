@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "gallery, without PyTorch (images and --pairs only)",
     )
     p.add_argument("--rebuild_gallery", action="store_true", help="re-embed the gallery")
+    p.add_argument(
+        "--explain",
+        metavar="OUT.png",
+        help="draw the one query photo beside its top match, verified keypoint matches as lines",
+    )
     return p
 
 
@@ -74,6 +79,8 @@ def _run(args: argparse.Namespace) -> int:
             f"--rerank {args.rerank} and --closed_set score a --pairs CSV; add --pairs or drop "
             "them (photo searches take --rerank qe)"
         )
+    if args.explain:
+        _check_explain(args)
     if args.pairs:
         from retrieval.pairs import read_pairs
 
@@ -108,7 +115,34 @@ def _run(args: argparse.Namespace) -> int:
         ws, args.images, top_k=args.top_k, expand=expand, local=_local(ws, args, workdir, expand)
     )
     print(render(answers, args.format))
+    if args.explain:
+        from retrieval.report.explain import explain_answer, matching_settings
+
+        settings, geometry = matching_settings(ws.gallery.fusion)
+        explained = explain_answer(
+            answers[0], Path(args.explain), settings=settings, geometry=geometry
+        )
+        # on stderr under --format json/csv, so that the answers stay machine-readable
+        print(explained.describe(), file=sys.stdout if args.format == "table" else sys.stderr)
     return 1 if any(a.error for a in answers) else 0
+
+
+def _check_explain(args: argparse.Namespace) -> None:
+    """--explain draws one photo's best match: anything else is refused before the model loads."""
+    from retrieval.errors import InputError
+
+    if args.pairs or args.enroll or args.remove:
+        got = "--pairs" if args.pairs else "--enroll" if args.enroll else "--remove"
+    elif len(args.images) != 1:
+        got = f"{len(args.images)} images"
+    elif Path(args.images[0]).is_dir():
+        got = f"the folder {args.images[0]}"
+    else:
+        return
+    raise InputError(
+        f"--explain draws one photo beside its best match, got {got}: give exactly one image "
+        "file, e.g. search.py photo.jpg --explain match.png"
+    )
 
 
 def _onnx_workspace(args: argparse.Namespace, workdir: Path):
