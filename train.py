@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, help="seed for splits and sampling (default 42)")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+    p.add_argument(
+        "--resplit",
+        action="store_true",
+        help="split the data again with --seed, replacing splits/ (with --fresh when a run "
+        "exists); without it a --seed other than the stored splits' is refused",
+    )
     p.add_argument("--preset", choices=PRESETS, help="demo: synthetic data, lite0, minutes on CPU")
     p.add_argument("--prepare_only", action="store_true", help="write splits and exit")
     p.add_argument("--config", help="YAML/JSON file of defaults (flat keys as the flags)")
@@ -142,7 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-NOT_CONFIG = {"workdir", "fresh", "preset", "prepare_only", "config", "max_batches", "no_hflip"}
+NOT_CONFIG = {
+    "workdir",
+    "fresh",
+    "resplit",
+    "preset",
+    "prepare_only",
+    "config",
+    "max_batches",
+    "no_hflip",
+}
 
 
 def resolve_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,17 +207,36 @@ def _run(args: argparse.Namespace) -> int:
             "throughout (a probe: only the neck and head train)"
         )
     materialize_preset(args.preset, Path(args.workdir), cfg.data.data)
+    seed_change = _seed_change(args)
     if args.prepare_only:
         from retrieval.data.prepare import format_prepare_summary
         from retrieval.training.run import prepare
 
-        print(format_prepare_summary(prepare(cfg)))
+        print(format_prepare_summary(prepare(cfg, seed_change=seed_change)))
         return 0
     from retrieval.training.run import run_training, summary_json
 
-    result = run_training(cfg, fresh=args.fresh, max_batches=args.max_batches)
+    result = run_training(
+        cfg, fresh=args.fresh, max_batches=args.max_batches, seed_change=seed_change
+    )
     print(summary_json(result))
     return 130 if result.interrupted else 0
+
+
+def _seed_change(args: argparse.Namespace) -> str:
+    """What a seed other than the stored splits' does: an explicit --seed is refused unless
+    --resplit; a resumed run cannot change its splits."""
+    from retrieval.checkpoint import LATEST
+
+    resumable = (Path(args.workdir) / "checkpoints" / LATEST).is_file()
+    if args.resplit and resumable and not args.fresh:
+        raise InputError(
+            f"--resplit makes new train/val/test splits, which the run in {args.workdir} cannot "
+            "resume on; add --fresh (the previous run's checkpoints are kept)"
+        )
+    if args.resplit:
+        return "resplit"
+    return "refuse" if args.seed is not None else "note"
 
 
 def _run_locked(args: argparse.Namespace) -> int:

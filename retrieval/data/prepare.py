@@ -109,26 +109,42 @@ def _class_map(records: list[ImageRecord], path: Path) -> dict[str, int]:
 
 
 def _load_or_split(
-    kept: list[ImageRecord], splits_dir: Path, *, seed: int, meta: dict
+    kept: list[ImageRecord], splits_dir: Path, *, seed: int, meta: dict, seed_change: str
 ) -> tuple[Splits, SplitDrift, bool, tuple[str, ...]]:
-    """Stored splits compared with the data, or a fresh split saved for next time."""
+    """Stored splits compared with the data, or a fresh split saved for next time.
+
+    ``seed_change`` says what a ``seed`` other than the stored splits' does: "note" (the
+    stored splits are used and a note says so), "refuse" (an explicit ``--seed``: the user
+    expects the split it makes), or "resplit" (split again with ``seed``, whatever the stored
+    splits: new groups of the data join them too).
+    """
     splits = load_splits(splits_dir)
-    if splits is None:
+    stored_seed = _stored_seed(splits_dir) if splits is not None else None
+    if splits is None or seed_change == "resplit":
         splits = split_groups(kept, seed=seed, ratios=DEFAULT_RATIOS)
         save_splits(splits, splits_dir, meta=meta)
         return splits, SplitDrift((), ()), True, ()
     drift = compare_to_data(splits, {r.group for r in kept})
     notes: tuple[str, ...] = ()
-    try:
-        stored_seed = read_json(splits_dir / "split_meta.json").get("seed")
-    except (FileNotFoundError, InputError, AttributeError):
-        stored_seed = None
     if stored_seed is not None and stored_seed != seed:
+        if seed_change == "refuse":
+            raise InputError(
+                f"--seed {seed} differs from seed {stored_seed}, which made the stored splits in "
+                f"{splits_dir}; add --resplit to split the data again with seed {seed} (with "
+                f"--fresh when a run exists), or give --seed {stored_seed} to keep them"
+            )
         notes = (
             f"--seed {seed} ignored for splitting: {splits_dir} was made with seed "
-            f"{stored_seed}; delete it to re-split",
+            f"{stored_seed}; train.py --fresh --resplit splits again",
         )
     return splits, drift, False, notes
+
+
+def _stored_seed(splits_dir: Path) -> int | None:
+    try:
+        return read_json(splits_dir / "split_meta.json").get("seed")
+    except (FileNotFoundError, InputError, AttributeError):
+        return None
 
 
 def prepare_data(
@@ -140,8 +156,11 @@ def prepare_data(
     seed: int = 42,
     num_workers: int = 1,
     progress: bool = True,
+    seed_change: str = "note",
 ) -> PreparedData:
     """Scan ``source``, apply the image policy, split once (``workdir/splits``), map classes.
+
+    ``seed_change``: what a ``seed`` other than the stored splits' does (``_load_or_split``).
 
     Raises ``InputError`` for a bad data path or layout, an unwritable workdir, a data set
     that the image policy empties, or a class map that no longer matches the data.
@@ -166,7 +185,9 @@ def prepare_data(
         "min_size": min_size,
     }
     splits_dir = workdir / "splits"
-    splits, drift, created, notes = _load_or_split(check.kept, splits_dir, seed=seed, meta=meta)
+    splits, drift, created, notes = _load_or_split(
+        check.kept, splits_dir, seed=seed, meta=meta, seed_change=seed_change
+    )
     parts = {}
     for name in ("train", "val", "test"):
         ids = set(splits.of(name))

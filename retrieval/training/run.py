@@ -19,8 +19,11 @@ from retrieval.training.schedule import cosine_end_note
 from retrieval.training.trainer import TrainingSession, TrainResult
 
 
-def prepare(cfg: RunConfig, *, num_workers: int = 1, progress: bool = True) -> PreparedData:
-    """Scan, check and split the data of ``cfg`` (splits are written once and reused)."""
+def prepare(
+    cfg: RunConfig, *, num_workers: int = 1, progress: bool = True, seed_change: str = "note"
+) -> PreparedData:
+    """Scan, check and split the data of ``cfg`` (splits are written once and reused;
+    ``seed_change`` as ``prepare_data`` takes it)."""
     d = cfg.data
     return prepare_data(
         Path(d.data),
@@ -30,6 +33,7 @@ def prepare(cfg: RunConfig, *, num_workers: int = 1, progress: bool = True) -> P
         seed=d.seed,
         num_workers=num_workers,
         progress=progress,
+        seed_change=seed_change,
     )
 
 
@@ -45,12 +49,14 @@ def make_plan(cfg: RunConfig) -> RuntimePlan:
     return plan
 
 
-def _prepare_in_order(cfg: RunConfig, ctx: DistContext, plan: RuntimePlan) -> PreparedData:
+def _prepare_in_order(
+    cfg: RunConfig, ctx: DistContext, plan: RuntimePlan, seed_change: str
+) -> PreparedData:
     """Rank 0 writes splits and the class map; the other ranks then read them."""
     workers = max(1, plan.num_workers)
     prepared = None
     if ctx.is_main:
-        prepared = prepare(cfg, num_workers=workers)
+        prepared = prepare(cfg, num_workers=workers, seed_change=seed_change)
         print(format_prepare_summary(prepared), flush=True)
     barrier(ctx)
     if prepared is None:
@@ -59,14 +65,19 @@ def _prepare_in_order(cfg: RunConfig, ctx: DistContext, plan: RuntimePlan) -> Pr
 
 
 def run_training(
-    cfg: RunConfig, *, fresh: bool = False, max_batches: int | None = None
+    cfg: RunConfig,
+    *,
+    fresh: bool = False,
+    max_batches: int | None = None,
+    seed_change: str = "note",
 ) -> TrainResult:
-    """Train as ``cfg`` says; resumes from ``latest_model.pt`` unless ``fresh``."""
+    """Train as ``cfg`` says; resumes from ``latest_model.pt`` unless ``fresh``.
+    ``seed_change``: what a seed other than the stored splits' does (``prepare_data``)."""
     plan = make_plan(cfg)
     cfg = resolve_batch(cfg, plan.accum_steps)
     ctx = init_distributed(plan.device)
     try:
-        prepared = _prepare_in_order(cfg, ctx, plan)
+        prepared = _prepare_in_order(cfg, ctx, plan, seed_change)
         if ctx.is_main:
             print(plan.describe(), flush=True)
             print(_batch_line(cfg, plan, ctx), flush=True)
