@@ -95,7 +95,11 @@ def _run(args: argparse.Namespace) -> int:
         pairs = Path(args.pairs)
         images_dir = Path(args.images_dir) if args.images_dir else pairs.parent / "test"
         options = choose_pair_options(
-            ws, rerank=args.rerank, closed_set=bool(args.closed_set), tune=not args.onnx
+            ws,
+            rerank=args.rerank,
+            closed_set=bool(args.closed_set),
+            tune=not args.onnx,
+            local_match=args.local_match,
         )
         for note in options.notes:
             print(note)

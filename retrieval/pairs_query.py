@@ -9,7 +9,7 @@ the test images are embedded.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ import numpy as np
 from retrieval import class_prior
 from retrieval.data.records import ImageRecord, labels_of
 from retrieval.errors import InputError
+from retrieval.local.features import LocalSettings
 from retrieval.pairs import (
     distinct_images,
     missing_images,
@@ -30,6 +31,8 @@ from retrieval.pairs import (
 from retrieval.rerank import method_name, rerank_similarity_matrix
 from retrieval.rerank_tune import TunedRerank, tune_rerank
 from retrieval.serving.evidence import EVIDENCE_K, array_evidence, gallery_evidence
+from retrieval.serving.fusion import Fusion
+from retrieval.serving.local_scores import LocalScorer, fused_pair_matrix
 from retrieval.serving.rules import QueryEvidence, class_posterior
 
 if TYPE_CHECKING:  # torch-free at run time: search.py --onnx passes an OnnxWorkspace
@@ -69,6 +72,7 @@ class PairOptions:
     rerank_params: dict | None = None  # None: the method's defaults
     closed_set: ClosedSetPrior | None = None
     notes: tuple[str, ...] = ()
+    local: Fusion | None = None  # local matching re-scores each image's nearest pair images
 
 
 class ValSplit:
@@ -106,12 +110,19 @@ def choose_pair_options(
     rerank: str = "none",
     closed_set: bool = False,
     tune: bool = True,
+    local_match: str = "off",
 ) -> PairOptions:
     """Re-ranking parameters, then the closed-set weight after that re-ranking, chosen on the
-    val split; ``tune=False`` (ONNX: no torch to read the split with) keeps the defaults."""
+    val split; ``tune=False`` (ONNX: no torch to read the split with) keeps the defaults.
+    ``local_match``: as for photo search, on plain cosines (not with re-ranking or the prior)."""
     rerank = method_name(rerank)
-    if rerank == "none" and not closed_set:
-        return PairOptions()  # nothing to tune: the split is not read
+    if rerank == "none" and not closed_set:  # local matching alone: nothing else to tune
+        return _with_local(ws, PairOptions(), local_match, tune)
+    if local_match == "on":
+        raise InputError(
+            "--local_match on fuses plain cosines only; drop --rerank/--closed_set or use "
+            "--local_match off"
+        )
     if not tune:
         prior = ClosedSetPrior(dict(class_prior.DEFAULT_PARAMS)) if closed_set else None
         note = "--onnx: the val split is not read; query-time options keep their defaults"
@@ -147,6 +158,18 @@ def choose_pair_options(
     return PairOptions(rerank, params, prior, tuple(notes))
 
 
+def _with_local(ws, options: PairOptions, local_match: str, tune: bool) -> PairOptions:
+    """``options`` with the gallery's fusion where ``--local_match`` applies it."""
+    from retrieval.calibration.local_policy import local_queries
+
+    val = None
+    if tune and local_match != "off" and ws.gallery.fusion is None:
+        val = ValSplit(ws).prepared.val
+    applied, note = local_queries(ws, [], local_match=local_match, val=val)
+    fusion = ws.gallery.fusion if applied is not None else None
+    return replace(options, local=fusion, notes=(*options.notes, note) if note else options.notes)
+
+
 def score_pairs_file(
     ws: Workspace | OnnxWorkspace,
     pairs_csv: Path,
@@ -177,7 +200,17 @@ def score_pairs_file(
     started = time.perf_counter()
     embeddings = ws.embed(records, desc="pair images")
     embedded = time.perf_counter()
-    if options.rerank == "none":
+    if options.local is not None:
+        scorer = LocalScorer(
+            ws.gallery_root,
+            LocalSettings(max_keypoints=options.local.max_keypoints),
+            geometry=options.local.geometry,
+        )
+        matrix = fused_pair_matrix(
+            scorer, embeddings @ embeddings.T, [str(r.path) for r in records], options.local
+        )
+        similarity = score_pairs_from_matrix(pairs, names, matrix)
+    elif options.rerank == "none":
         similarity = score_pairs(pairs, names, embeddings)
     else:
         params = options.rerank_params or {}

@@ -375,3 +375,22 @@ def test_a_gallery_saved_before_the_decision_policy_gets_one_chosen_on_val(
     assert ws.gallery.policy is not None and ws.gallery.policy.evidence["n_val_queries"] >= 2
     reloaded = json.loads((copy / "gallery" / "current.json").read_text())["version"]
     assert reloaded != pointer["version"]  # saved as a new version
+
+
+def test_pairs_with_local_matching_score_on_the_fused_scale(trained, tmp_path, capsys):
+    data, workdir = trained
+    folder = data / "green"
+    pairs = tmp_path / "test.csv"
+    rows = write_pairs(folder, pairs)
+    out = tmp_path / "fused.csv"
+    argv = ["--pairs", str(pairs), "--images", str(folder), "--workdir", str(workdir)]
+    assert search.main([*argv, "--out", str(out), "--local_match", "on"]) == 0
+    assert "local matching: on" in capsys.readouterr().out
+    row_ids, scores = read_scores(out)
+    assert row_ids == [r[0] for r in rows]
+    by_pair = {(r[1], r[2]): s for r, s in zip(rows, scores, strict=True)}
+    assert all(0.0 <= s <= 1.0 for s in scores)  # P(same individual)
+    assert all(by_pair[(a, b)] == pytest.approx(by_pair[(b, a)]) for a, b in by_pair)
+    refused = [*argv, "--out", str(out), "--local_match", "on", "--rerank", "dba"]
+    assert search.main(refused) == 2
+    assert "--local_match on fuses plain cosines only" in capsys.readouterr().err

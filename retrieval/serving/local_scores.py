@@ -101,6 +101,31 @@ class LocalScorer:
         return out
 
 
+def fused_pair_matrix(
+    scorer: LocalScorer, similarity: np.ndarray, paths: Sequence[str], fusion: Fusion
+) -> np.ndarray:
+    """The pairs mode on the fused scale: every image matched with its own first B neighbours
+    among the pair images (each unordered pair once, so the result stays symmetric); other
+    pairs keep their global probability. similarity: (N, N) cosines of ``paths``."""
+    n = len(paths)
+    fused = fusion.global_probability(similarity)
+    b = min(fusion.shortlist, n - 1)
+    if b < 1:
+        return fused
+    others = np.where(np.eye(n, dtype=bool), -np.inf, similarity)
+    nearest = np.argsort(-others, axis=1, kind="stable")[:, :b]
+    pairs = np.array(sorted({(min(a, c), max(a, c)) for a in range(n) for c in nearest[a]}))
+    features = scorer.query_features(paths)
+    matches = match_many(
+        features, features, pairs, geometry=scorer.geometry, progress=scorer.progress
+    )
+    inliers = np.array([m.inliers for m in matches])
+    rows, cols = pairs[:, 0], pairs[:, 1]
+    values = fusion.fuse(similarity[rows, cols], inliers)
+    fused[rows, cols] = fused[cols, rows] = values
+    return fused
+
+
 def forget_photos(root: Path, paths: Collection[str]) -> None:
     """Drop cached keypoints of these photos (enrolled again or removed): a changed file is
     extracted afresh the next time a shortlist names it."""
