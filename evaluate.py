@@ -78,8 +78,6 @@ def _run(args: argparse.Namespace) -> int:
         if args.split == "val":
             print("  note: val chose these parameters, so its figures below are optimistic")
     expand = args.rerank == "qe"
-    policy = ws.gallery.policy_for(expand=expand)
-    print(describe_policy(policy))
 
     def local(paths: list[str]):
         chosen, note = local_queries(
@@ -90,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         return chosen
 
     report, arrays = evaluate_split(ws, queries, split=args.split, expand=expand, local=local)
+    print(describe_policy(report.policy))  # the one applied: global, or on the fused scores
     results = workdir / "results"
     figures = results / "figures" if args.figures is not False else None
     files = write_outputs(ws, report, results)
@@ -109,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
             image_loader=load_rgb,
             **arrays,
         )
-    print(format_report(report, policy))
+    print(format_report(report, report.policy))
     if args.open_set:
         files += _open_set(ws, prepared, queries, args, results, figures)
     if args.flip_check:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from retrieval.embed import EmbedTimer
 from retrieval.io import atomic_path, write_json_atomic
 from retrieval.metrics import RetrievalMetrics, confusion_pairs, evaluate_retrieval
 from retrieval.report.selective import SelectiveReport, format_selective, selective_report
-from retrieval.serving.decide import Decision, predicted_labels
+from retrieval.serving.decide import Decision, DecisionPolicy, predicted_labels
 from retrieval.serving.evidence import decide_in_gallery
 from retrieval.serving.local_scores import LocalQueries
 from retrieval.workspace import Workspace
@@ -59,6 +59,8 @@ class EvaluationReport:
     confusions: list[tuple[str, str, int]]
     inference_images_per_s: float
     expansion: dict | None = None  # --rerank qe: what val chose (GalleryExpansion.to_dict)
+    policy: DecisionPolicy = field(default_factory=DecisionPolicy)  # the one that decided
+    local_match: bool = False  # the shortlists were re-scored by local matches
 
 
 def evaluate_split(
@@ -87,7 +89,7 @@ def evaluate_split(
     metrics = evaluate_retrieval(query_embeddings, truth, index.reconstruct_all(), gallery_labels)
     # the plain embeddings: the search applies the expansion itself, as photo search does
     paths = [str(r.path) for r in known]
-    decisions, hits, policy, _ = decide_in_gallery(
+    decisions, hits, policy, inliers = decide_in_gallery(
         gallery, plain, expand=expand, local=None if local is None else local(paths)
     )
     predicted = np.where([d.accepted for d in decisions], predicted_labels(decisions), -1)
@@ -101,6 +103,8 @@ def evaluate_split(
         confusions=confusion_pairs(truth, predicted, gallery.class_names, top_n=10),
         inference_images_per_s=timer.images_per_s,
         expansion=gallery.expansion.to_dict() if expand else None,
+        policy=policy,
+        local_match=inliers is not None,
     )
     arrays = {
         "query_embeddings": query_embeddings,
@@ -158,7 +162,8 @@ def _metrics_json(ws: Workspace, report: EvaluationReport) -> dict:
         "identity_balanced_map": m.identity_balanced_map,
         "decision": report.selective.decision_dict(),
         "coverage_at_accuracy": report.selective.coverage_at_accuracy,
-        "decision_policy": ws.gallery.policy_for(expand=report.expansion is not None).to_dict(),
+        "decision_policy": report.policy.to_dict(),
+        "local_match": report.local_match,
         "most_confused": [{"true": a, "predicted": b, "count": n} for a, b, n in report.confusions],
         "inference_images_per_s": report.inference_images_per_s,
         "tta": ws.tta,
@@ -194,7 +199,8 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
         "notes": f"tta={ws.tta}; rerank={_rerank_note(report)}; "
         f"input_norm={RunConfig.from_dict(cfg).model.input_norm}; "
         f"eval_size={ws.loaded.image_size}; "
-        f"checkpoint={ws.loaded.checkpoint.name}; model={ws.loaded.served}",
+        f"checkpoint={ws.loaded.checkpoint.name}; model={ws.loaded.served}; "
+        f"local_match={'on' if report.local_match else 'off'}",
     }
 
 
@@ -226,7 +232,12 @@ def format_report(report: EvaluationReport, policy) -> str:
     lines = [
         f"{report.split}: {m.n_queries} queries"
         + ("" if report.expansion is None else f", {_rerank_note(report)} against a DBA'd gallery"),
-        f"  Recall@1 {m.recall_at_1:.4f}   Recall@5 {m.recall_at_5:.4f}",
+        f"  Recall@1 {m.recall_at_1:.4f}   Recall@5 {m.recall_at_5:.4f}"
+        + (
+            "   (global embedding; the decision below reads local matches too)"
+            if report.local_match
+            else ""
+        ),
         f"  mAP {m.map:.4f}   identity-balanced mAP {m.identity_balanced_map:.4f}",
         format_selective(report.selective, policy),
         f"  inference {report.inference_images_per_s:.1f} images/s",
