@@ -1,0 +1,136 @@
+"""Local matching measured on a trained workdir (issue 36): global only against fused, and cost.
+
+Everything runs through the product's own code: the fusion is chosen on the val split
+(``retrieval.calibration.local_policy.choose_gallery_fusion``, never test), then the test photos
+of known individuals are answered with and without it, on the same embeddings and the same
+gallery. Reported side by side: Recall@1 (the first hit after re-scoring), mAP over the 50
+hits each decision reads (mAP@50, the same cut for both), and decision accuracy answering every
+photo; then the cost per query (keypoints of the query plus its matches) at several shortlist
+lengths, with the gallery keypoints already cached.
+
+    python train.py --fresh --preset demo --workdir runs/local/demo
+    python bench/local_bench.py --workdir runs/local/demo --json runs/local/demo.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from retrieval.calibration.fusion_fit import describe_fusion
+from retrieval.calibration.local_policy import MAX_KEYPOINTS, choose_gallery_fusion
+from retrieval.cli import default_checkpoint
+from retrieval.data.records import labels_of
+from retrieval.local.features import LocalSettings
+from retrieval.serving.decide import decide, predicted_labels
+from retrieval.serving.evidence import EVIDENCE_K, gallery_evidence
+from retrieval.serving.fusion import fused_evidence, fused_order
+from retrieval.serving.local_scores import LocalScorer
+from retrieval.workspace import open_workspace, prepare_for
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="a trained workdir (train.py output)")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--shortlists", type=int, nargs="+", default=[10, 30, 100])
+    p.add_argument("--json", help="write the results here too")
+    return p
+
+
+def map_at_k(labels: np.ndarray, truth: np.ndarray, class_sizes: np.ndarray) -> float:
+    """Mean AP over each query's listed hits: labels (Q, k), truth (Q,), the gallery's photos
+    per class (C,); a class with more photos than k is scored against k."""
+    relevant = labels == truth[:, None]
+    ranks = np.arange(1, labels.shape[1] + 1)
+    precision = np.cumsum(relevant, axis=1) / ranks
+    totals = np.minimum(class_sizes[truth], labels.shape[1])
+    return float(np.mean((precision * relevant).sum(axis=1) / np.maximum(totals, 1)))
+
+
+def scores_of(evidence, decisions, truth: np.ndarray) -> dict[str, float]:
+    return {
+        "recall_at_1": float(np.mean(evidence.hit_labels[:, 0] == truth)),
+        "map_at_50": map_at_k(evidence.hit_labels, truth, evidence.class_sizes),
+        "decision_accuracy": float(np.mean(predicted_labels(decisions) == truth)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    workdir = Path(args.workdir)
+    ws = open_workspace(workdir, default_checkpoint(workdir, None))
+    prepared = prepare_for(ws.loaded, workdir, data=None, image_root=None)
+    gallery = ws.gallery
+    started = time.perf_counter()
+    fusion = choose_gallery_fusion(ws, prepared.val)
+    choose_seconds = time.perf_counter() - started
+    assert fusion is not None, "the val split has fewer than 2 photos of known individuals"
+    print(describe_fusion(fusion, "auto"))
+
+    split = prepared.val if args.split == "val" else prepared.test
+    known = [r for r in split if r.label in gallery.live_classes()]
+    truth = labels_of(known, ws.loaded.class_to_idx)
+    queries = ws.embed(known, desc=f"{args.split} queries")
+    policy = gallery.policy_for(expand=False)
+    evidence, hits = gallery_evidence(gallery, queries, k=EVIDENCE_K, need_means=True)
+    plain = scores_of(evidence, decide(evidence, policy), truth)
+
+    scorer = LocalScorer(ws.gallery_root, LocalSettings(max_keypoints=MAX_KEYPOINTS))
+    paths = [str(r.path) for r in known]
+    scorer.gallery_features([p for row in hits.paths for p in row[: max(args.shortlists)]])
+    t0 = time.perf_counter()
+    query_features = scorer.query_features(paths)
+    extract_ms = 1000 * (time.perf_counter() - t0) / len(paths)
+    cost, inliers_by_b = {}, {}
+    for b in sorted(args.shortlists):
+        t0 = time.perf_counter()
+        inliers_by_b[b] = scorer.inliers(query_features, hits.paths, b)
+        cost[b] = extract_ms + 1000 * (time.perf_counter() - t0) / len(paths)
+
+    b = fusion.shortlist
+    inliers = inliers_by_b.get(b, scorer.inliers(query_features, hits.paths, b))
+    scores, order = fused_order(fusion, evidence.hit_scores, inliers, evidence.hit_labels)
+    fused_ev = fused_evidence(evidence, scores, order)
+    fused = scores_of(fused_ev, decide(fused_ev, fusion.policy), truth)
+    result = {
+        "workdir": str(workdir),
+        "split": args.split,
+        "queries": len(known),
+        "gallery": gallery.size,
+        "fusion": {k: v for k, v in fusion.to_dict().items() if k not in ("policy",)},
+        "fusion_helps_on_val": fusion.helps,
+        "global": plain,
+        "fused": fused,
+        "fused_rule": fusion.policy.rule.describe(),
+        "global_rule": policy.rule.describe(),
+        "choose_on_val_seconds": round(choose_seconds, 1),
+        "ms_per_query": {str(k): round(v, 1) for k, v in cost.items()},
+        "extract_ms_per_query": round(extract_ms, 1),
+    }
+    _print(result)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def _print(r: dict) -> None:
+    print(f"{r['split']}: {r['queries']} queries, gallery {r['gallery']} photos")
+    print(f"{'':22}{'global':>10}{'fused':>10}")
+    for key in ("recall_at_1", "map_at_50", "decision_accuracy"):
+        print(f"{key:22}{r['global'][key]:>10.3f}{r['fused'][key]:>10.3f}")
+    print(f"rules: global {r['global_rule']}, fused {r['fused_rule']}")
+    costs = ", ".join(f"B={k}: {v} ms" for k, v in r["ms_per_query"].items())
+    print(f"cost per query (2 cores, gallery keypoints cached): {costs}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
