@@ -241,8 +241,12 @@ def _seed_change(args: argparse.Namespace) -> str:
 
 def _run_locked(args: argparse.Namespace) -> int:
     """A run writes splits, checkpoints and the gallery: one writer per workdir."""
+    import os
+
     from retrieval.workdir_lock import command_line, workdir_lock
 
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 holds it for the whole run
+        return _run(args)
     with workdir_lock(Path(args.workdir), command_line("train.py")):
         return _run(args)
 
