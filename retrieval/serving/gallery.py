@@ -245,13 +245,15 @@ class Gallery:
         pointer = root / POINTER
         if not pointer.is_file():
             raise InputError(f"no gallery at {root}; it is built by train.py or on first search")
-        folder = root / read_json(pointer, fix=f"delete {root} to rebuild the gallery")["version"]
-        meta = read_json(folder / "meta.json", fix=f"delete {root} to rebuild the gallery")
+        fix = "rebuild it with --rebuild_gallery, then --enroll again what was enrolled"
+        folder = root / read_json(pointer, fix=fix)["version"]
+        meta = read_json(folder / "meta.json", fix=fix)
         if expected_fingerprint is not None and meta["fingerprint"] != expected_fingerprint:
             raise InputError(
                 f"the gallery in {root} was built with another checkpoint "
                 f"({meta['fingerprint']}, this one is {expected_fingerprint}); "
-                f"delete {root} to rebuild it, or pass the --checkpoint it was built from"
+                "pass the --checkpoint it was built from, or rebuild it for this one with "
+                "--rebuild_gallery (then --enroll again what was enrolled)"
             )
         expansion = meta.get("expansion")
         if meta.get("format", 1) < 2:  # vote thresholds: the policy is chosen again on val
