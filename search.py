@@ -169,12 +169,17 @@ def _expansion(ws, args: argparse.Namespace, workdir: Path):
     """The gallery's query expansion; chosen on the checkpoint's val split on first use."""
     from retrieval.calibration.gallery_policy import ensure_expansion
 
-    val = None  # stored already, or --onnx: no torch to read the split with
-    if ws.gallery.expansion is None and not args.onnx:
-        from retrieval.workspace import prepare_for
+    return ensure_expansion(ws, _val_if(ws.gallery.expansion is None, ws, args, workdir))
 
-        val = prepare_for(ws.loaded, workdir, data=None, image_root=None).val
-    return ensure_expansion(ws, val)
+
+def _val_if(needed: bool, ws, args: argparse.Namespace, workdir: Path):
+    """The checkpoint's val split when a setting must still be chosen on it; None when it is
+    stored already, or under --onnx (no torch to read the split with)."""
+    if not needed or args.onnx:
+        return None
+    from retrieval.workspace import prepare_for
+
+    return prepare_for(ws.loaded, workdir, data=None, image_root=None).val
 
 
 def _local(ws, args: argparse.Namespace, workdir: Path, expand: bool):
@@ -183,11 +188,8 @@ def _local(ws, args: argparse.Namespace, workdir: Path, expand: bool):
     from retrieval.calibration.local_policy import local_queries
 
     def chosen(paths: list[str]):
-        val = None  # stored already, or --onnx: no torch to read the split with
-        if ws.gallery.fusion is None and not args.onnx and args.local_match != "off":
-            from retrieval.workspace import prepare_for
-
-            val = prepare_for(ws.loaded, workdir, data=None, image_root=None).val
+        needed = ws.gallery.fusion is None and args.local_match != "off"
+        val = _val_if(needed, ws, args, workdir)
         local, note = local_queries(ws, paths, local_match=args.local_match, val=val, expand=expand)
         if note:
             print(note, file=sys.stderr)

@@ -25,10 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from retrieval.calibration.fusion_fit import describe_fusion
-from retrieval.calibration.local_policy import MAX_KEYPOINTS, choose_gallery_fusion
+from retrieval.calibration.local_policy import choose_gallery_fusion
 from retrieval.cli import default_checkpoint
 from retrieval.data.records import labels_of
-from retrieval.local.features import LocalSettings
 from retrieval.serving.decide import decide, predicted_labels
 from retrieval.serving.evidence import EVIDENCE_K, gallery_evidence
 from retrieval.serving.fusion import fused_evidence, fused_order
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     evidence, hits = gallery_evidence(gallery, queries, k=EVIDENCE_K, need_means=True)
     plain = scores_of(evidence, decide(evidence, policy), truth)
 
-    scorer = LocalScorer(ws.gallery_root, LocalSettings(max_keypoints=MAX_KEYPOINTS))
+    scorer = LocalScorer.for_fusion(ws.gallery_root, fusion)
     paths = [str(r.path) for r in known]
     scorer.gallery_features([p for row in hits.paths for p in row[: max(args.shortlists)]])
     t0 = time.perf_counter()
@@ -96,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         cost[b] = extract_ms + 1000 * (time.perf_counter() - t0) / len(paths)
 
     b = fusion.shortlist
-    inliers = inliers_by_b.get(b, scorer.inliers(query_features, hits.paths, b))
+    if b not in inliers_by_b:
+        inliers_by_b[b] = scorer.inliers(query_features, hits.paths, b)
+    inliers = inliers_by_b[b]
     scores, order = fused_order(fusion, evidence.hit_scores, inliers, evidence.hit_labels)
     fused_ev = fused_evidence(evidence, scores, order)
     fused = scores_of(fused_ev, decide(fused_ev, fusion.policy), truth)

@@ -18,7 +18,6 @@ import numpy as np
 from retrieval import class_prior
 from retrieval.data.records import ImageRecord, labels_of
 from retrieval.errors import InputError
-from retrieval.local.features import LocalSettings
 from retrieval.pairs import (
     distinct_images,
     missing_images,
@@ -160,13 +159,12 @@ def choose_pair_options(
 
 def _with_local(ws, options: PairOptions, local_match: str, tune: bool) -> PairOptions:
     """``options`` with the gallery's fusion where ``--local_match`` applies it."""
-    from retrieval.calibration.local_policy import local_queries
+    from retrieval.calibration.local_policy import applied_fusion
 
     val = None
     if tune and local_match != "off" and ws.gallery.fusion is None:
         val = ValSplit(ws).prepared.val
-    applied, note = local_queries(ws, [], local_match=local_match, val=val)
-    fusion = ws.gallery.fusion if applied is not None else None
+    fusion, note = applied_fusion(ws, local_match=local_match, val=val)
     return replace(options, local=fusion, notes=(*options.notes, note) if note else options.notes)
 
 
@@ -201,11 +199,7 @@ def score_pairs_file(
     embeddings = ws.embed(records, desc="pair images")
     embedded = time.perf_counter()
     if options.local is not None:
-        scorer = LocalScorer(
-            ws.gallery_root,
-            LocalSettings(max_keypoints=options.local.max_keypoints),
-            geometry=options.local.geometry,
-        )
+        scorer = LocalScorer.for_fusion(ws.gallery_root, options.local)
         matrix = fused_pair_matrix(
             scorer, embeddings @ embeddings.T, [str(r.path) for r in records], options.local
         )

@@ -16,10 +16,18 @@ import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from retrieval.calibration.policy import choose_policy
+from retrieval.calibration.policy import best_rule_accuracy, choose_policy
 from retrieval.selective import accuracy_stderr
 from retrieval.serving.decide import TARGET_ACCURACY
-from retrieval.serving.fusion import Curve, Fusion, fused_evidence, fused_order, logit
+from retrieval.serving.fusion import (
+    GEOMETRY,
+    MAX_KEYPOINTS,
+    Curve,
+    Fusion,
+    fused_evidence,
+    fused_order,
+    logit,
+)
 from retrieval.serving.rules import QueryEvidence
 
 SHORTLISTS = (10, 30)  # hits re-scored per query; cost grows with it
@@ -87,7 +95,7 @@ def out_of_fold_accuracy(
         fused = _apply(fusion, _rows(evidence, test), inliers[test])
         scores[test], labels[test] = fused.hit_scores, fused.hit_labels
     oof = QueryEvidence(scores, labels, evidence.class_sizes, evidence.mean_scores)
-    return float(choose_policy(oof, truth).evidence["accuracy"])
+    return best_rule_accuracy(oof, truth)
 
 
 def choose_fusion(
@@ -95,15 +103,15 @@ def choose_fusion(
     inliers: np.ndarray,
     truth: np.ndarray,
     *,
-    geometry: str = "homography",
-    max_keypoints: int = 512,
+    geometry: str = GEOMETRY,
+    max_keypoints: int = MAX_KEYPOINTS,
     target_accuracy: float = TARGET_ACCURACY,
 ) -> Fusion:
     """The best fusion for val queries, and whether it beats global only (``helps``):
     ``evidence`` (global, Q queries), ``inliers`` (Q, B_max) with their first hits, ``truth``
     (Q,). The curves and the policy are then fitted on all the val queries."""
     truth = np.asarray(truth, np.int64)
-    global_accuracy = float(choose_policy(evidence, truth).evidence["accuracy"])
+    global_accuracy = best_rule_accuracy(evidence, truth)
     table = []
     shortlists = [b for b in SHORTLISTS if b <= inliers.shape[1]] or [inliers.shape[1]]
     for b in shortlists:

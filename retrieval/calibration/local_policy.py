@@ -13,10 +13,9 @@ from retrieval.data.records import ImageRecord
 from retrieval.errors import InputError
 from retrieval.local.features import LocalSettings
 from retrieval.serving.evidence import gallery_evidence
-from retrieval.serving.fusion import Fusion
+from retrieval.serving.fusion import MAX_KEYPOINTS, Fusion
 from retrieval.serving.local_scores import LocalQueries, LocalScorer
 
-MAX_KEYPOINTS = 512  # per photo: half the matching time of 1024 (bench/local_bench.py)
 LOCAL_MODES = ("auto", "on", "off")
 
 
@@ -37,9 +36,7 @@ def choose_gallery_fusion(
     queries = scorer.query_features([str(r.path) for r in known])
     inliers = scorer.inliers(queries, hits.paths, max(SHORTLISTS))
     target = gallery.policy_for(expand=False).target_accuracy
-    return choose_fusion(
-        evidence, inliers, truth, max_keypoints=MAX_KEYPOINTS, target_accuracy=target
-    )
+    return choose_fusion(evidence, inliers, truth, target_accuracy=target)
 
 
 def ensure_fusion(
@@ -57,16 +54,15 @@ def ensure_fusion(
     return fusion
 
 
-def local_queries(
+def applied_fusion(
     ws: EmbeddingGallery,
-    paths: Sequence[str],
     *,
     local_match: str,
     val: Sequence[ImageRecord] | None,
     expand: bool = False,
     progress: bool = True,
-) -> tuple[LocalQueries | None, str]:
-    """What a search passes to ``decide_in_gallery`` under ``--local_match``, with a line
+) -> tuple[Fusion | None, str]:
+    """The gallery's fusion where ``--local_match`` applies it (else None), with a line
     saying what was applied and why."""
     if local_match not in LOCAL_MODES:
         raise InputError(f"--local_match {local_match!r}: choose one of {', '.join(LOCAL_MODES)}")
@@ -85,5 +81,24 @@ def local_queries(
         return None, "local matching: off (no val photos to calibrate it on)"
     note = describe_fusion(fusion, local_match)
     if local_match == "auto" and not fusion.helps:
+        return None, note
+    return fusion, note
+
+
+def local_queries(
+    ws: EmbeddingGallery,
+    paths: Sequence[str],
+    *,
+    local_match: str,
+    val: Sequence[ImageRecord] | None,
+    expand: bool = False,
+    progress: bool = True,
+) -> tuple[LocalQueries | None, str]:
+    """What a photo search passes to ``decide_in_gallery`` under ``--local_match``, with a
+    line saying what was applied and why."""
+    fusion, note = applied_fusion(
+        ws, local_match=local_match, val=val, expand=expand, progress=progress
+    )
+    if fusion is None:
         return None, note
     return LocalQueries(list(paths), ws.gallery_root, progress=progress), note

@@ -39,6 +39,28 @@ def score_rule(rule: Rule, evidence: QueryEvidence, truth: np.ndarray) -> dict:
     }
 
 
+def _ranked(
+    evidence: QueryEvidence, truth: np.ndarray, candidates: Sequence[Rule]
+) -> list[tuple[dict, Rule]]:
+    """Every candidate scored, best first: val accuracy, then AURC, then the listed order."""
+    truth = np.asarray(truth, dtype=np.int64)
+    if truth.shape != evidence.hit_labels.shape[:1] or truth.size < 2:
+        raise InputError(f"need >= 2 labelled val queries to choose a rule, got {truth.size}")
+    if evidence.mean_scores is None:
+        candidates = [rule for rule in candidates if not rule.needs_means]
+    table = [(score_rule(rule, evidence, truth), i) for i, rule in enumerate(candidates)]
+    ranked = sorted(table, key=lambda row: (-row[0]["accuracy"], row[0]["aurc"], row[1]))
+    return [(row, candidates[i]) for row, i in ranked]
+
+
+def best_rule_accuracy(
+    evidence: QueryEvidence, truth: np.ndarray, candidates: Sequence[Rule] = CANDIDATES
+) -> float:
+    """The val accuracy of the rule ``choose_policy`` would choose, without fitting its
+    calibrator (for comparing kinds of evidence, e.g. with and without local matches)."""
+    return _ranked(evidence, truth, candidates)[0][0]["accuracy"]
+
+
 def choose_policy(
     evidence: QueryEvidence,
     truth: np.ndarray,
@@ -48,20 +70,15 @@ def choose_policy(
 ) -> DecisionPolicy:
     """The policy for labelled val queries: ``evidence`` of Q queries, ``truth`` (Q,) int."""
     truth = np.asarray(truth, dtype=np.int64)
-    if truth.shape != evidence.hit_labels.shape[:1] or truth.size < 2:
-        raise InputError(f"need >= 2 labelled val queries to choose a rule, got {truth.size}")
-    if evidence.mean_scores is None:
-        candidates = [rule for rule in candidates if not rule.needs_means]
-    table = [(score_rule(rule, evidence, truth), i) for i, rule in enumerate(candidates)]
-    ranked = sorted(table, key=lambda row: (-row[0]["accuracy"], row[0]["aurc"], row[1]))
-    rule = candidates[ranked[0][1]]
+    ranked = _ranked(evidence, truth, candidates)
+    best, rule = ranked[0]
     f = features(rule, evidence)
     correct = f.predicted == truth
     fit = fit_calibrator(f.matrix(), correct)
     cut = threshold_for_accuracy(fit.out_of_fold, correct, target_accuracy)
     seed = score_rule(SEED_RULE, evidence, truth)
     n = truth.size
-    acc = ranked[0][0]["accuracy"]
+    acc = best["accuracy"]
     return DecisionPolicy(
         rule=rule,
         calibrator=fit.calibrator,
@@ -71,7 +88,7 @@ def choose_policy(
             "n_val_queries": n,
             "accuracy": acc,
             "accuracy_stderr": accuracy_stderr(acc, n),
-            "aurc": ranked[0][0]["aurc"],
+            "aurc": best["aurc"],
             "runners_up": [row for row, _ in ranked[1:4]],
             "seed_rule": seed,
             "calibrator": fit.calibrator.describe(),

@@ -22,17 +22,15 @@ from retrieval.errors import InputError
 from retrieval.local.features import LocalSettings, extract_local_features, load_for_matching
 from retrieval.local.matching import LocalMatch, check_geometry, match_local
 from retrieval.report.png import DPI, save_png
+from retrieval.serving.fusion import GEOMETRY, MAX_KEYPOINTS, Fusion
 
 if TYPE_CHECKING:
     from retrieval.query import QueryAnswer
-    from retrieval.serving.fusion import Fusion
 
 HEIGHT_PX = 480  # both photos are scaled to this height
 GAP_PX = 16  # white space between the two photos
 TITLE_PX = 56  # band above the photos for the two-line title
 MAX_LINES = 60  # more lines hide the photos under them
-DEFAULT_SETTINGS = LocalSettings(max_keypoints=512)  # a gallery without a local calibration
-DEFAULT_GEOMETRY = "homography"
 
 
 class Explanation(NamedTuple):
@@ -54,8 +52,8 @@ def matching_settings(fusion: Fusion | None) -> tuple[LocalSettings, str]:
     """The keypoint settings and geometry val chose for the gallery (what ``--local_match``
     counts with), so the picture shows the inliers search scored; defaults without one."""
     if fusion is None:
-        return DEFAULT_SETTINGS, DEFAULT_GEOMETRY
-    return LocalSettings(max_keypoints=fusion.max_keypoints), fusion.geometry
+        return LocalSettings(max_keypoints=MAX_KEYPOINTS), GEOMETRY  # the fusion's defaults
+    return fusion.settings, fusion.geometry
 
 
 def spread_subset(points: np.ndarray, limit: int) -> np.ndarray:

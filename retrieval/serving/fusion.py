@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from retrieval.errors import InputError, stored
+from retrieval.local.features import LocalSettings
 from retrieval.serving.decide import DecisionPolicy
 from retrieval.serving.rules import REBUILD, QueryEvidence
 
 MODES = ("mean", "logistic")
+MAX_KEYPOINTS = 512  # per photo: half the matching time of 1024 (bench/local_bench.py)
+GEOMETRY = "homography"
 _EPS = 1e-4  # probabilities kept off 0 and 1 before a logit
 
 
@@ -49,8 +52,8 @@ class Fusion:
     mode: str = "mean"
     shortlist: int = 0
     helps: bool = False
-    geometry: str = "homography"
-    max_keypoints: int = 512
+    geometry: str = GEOMETRY
+    max_keypoints: int = MAX_KEYPOINTS
     weights: tuple[float, ...] = ()
     policy: DecisionPolicy | None = None
     evidence: dict = field(default_factory=dict)
@@ -58,6 +61,12 @@ class Fusion:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"fusion mode {self.mode!r}: allowed {', '.join(MODES)}; {REBUILD}")
+
+    @property
+    def settings(self) -> LocalSettings:
+        """How keypoints were extracted when val fitted this fusion: queries and gallery
+        photos must be extracted the same way to be scored on its curves."""
+        return LocalSettings(max_keypoints=self.max_keypoints)
 
     def global_probability(self, cosines: np.ndarray) -> np.ndarray:
         return self.global_curve(cosines)

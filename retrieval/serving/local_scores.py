@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,9 +23,7 @@ from retrieval.local.store import (
     remove_local_features,
     save_local_features,
 )
-
-if TYPE_CHECKING:
-    from retrieval.serving.fusion import Fusion
+from retrieval.serving.fusion import GEOMETRY, Fusion
 
 
 def store_key(settings: LocalSettings) -> str:
@@ -40,8 +37,13 @@ class LocalScorer:
 
     root: Path  # the gallery folder
     settings: LocalSettings
-    geometry: str = "homography"
+    geometry: str = GEOMETRY
     progress: bool = True
+
+    @classmethod
+    def for_fusion(cls, root: Path, fusion: Fusion, *, progress: bool = True) -> LocalScorer:
+        """A scorer with the extraction settings and geometry val chose with ``fusion``."""
+        return cls(Path(root), fusion.settings, geometry=fusion.geometry, progress=progress)
 
     @property
     def store(self) -> Path:
@@ -148,10 +150,4 @@ class LocalQueries:
     progress: bool = True
 
     def scorer(self, fusion: Fusion) -> LocalScorer:
-        """A scorer with the extraction settings and geometry val chose with ``fusion``."""
-        return LocalScorer(
-            Path(self.root),
-            LocalSettings(max_keypoints=fusion.max_keypoints),
-            geometry=fusion.geometry,
-            progress=self.progress,
-        )
+        return LocalScorer.for_fusion(self.root, fusion, progress=self.progress)
