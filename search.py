@@ -58,7 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer with this ONNX model (python -m retrieval.export) and the saved "
         "gallery, without PyTorch (images and --pairs only)",
     )
-    p.add_argument("--rebuild_gallery", action="store_true", help="re-embed the gallery")
+    p.add_argument(
+        "--rebuild_gallery",
+        action="store_true",
+        help="re-embed the gallery (the train split, then every enrolment and removal made)",
+    )
+    p.add_argument(
+        "--gallery_versions", action="store_true", help="list the gallery versions kept on disk"
+    )
+    p.add_argument(
+        "--restore_gallery", metavar="VERSION", help="go back to a gallery version kept on disk"
+    )
+    p.add_argument(
+        "--keep_galleries",
+        type=_positive,
+        metavar="N",
+        help="gallery versions each save keeps on disk (stored with the gallery; default 5)",
+    )
     p.add_argument(
         "--explain",
         metavar="OUT.png",
@@ -67,12 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     from retrieval.errors import InputError
 
-    if not (args.images or args.pairs or args.enroll or args.remove):
+    if args.gallery_versions or args.restore_gallery or args.keep_galleries:
+        return _gallery_versions(args)
+    if not (args.images or args.pairs or args.enroll or args.remove or args.rebuild_gallery):
         raise InputError(
-            "give image files/folders to identify, --pairs CSV, --enroll PATH or --remove CLASS"
+            "give image files/folders to identify, --pairs CSV, --enroll PATH, --remove CLASS "
+            "or --rebuild_gallery"
         )
     if not args.pairs and (args.rerank in ("kr", "dba") or args.closed_set):
         raise InputError(
@@ -87,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         read_pairs(Path(args.pairs))  # a damaged file is refused before the model loads
     workdir = Path(args.workdir)
     ws = _onnx_workspace(args, workdir) if args.onnx else workspace_from_args(args)
-    if args.enroll or args.remove:
+    if args.enroll or args.remove or not (args.images or args.pairs):
         return _change_gallery(ws, args)
     if args.pairs:
         from retrieval.pairs_query import choose_pair_options, score_pairs_file
@@ -211,9 +237,31 @@ def _change_gallery(ws, args: argparse.Namespace) -> int:
     return 0
 
 
+def _gallery_versions(args: argparse.Namespace) -> int:
+    """List the kept gallery versions, go back to one, or set how many are kept: no model
+    needed, the gallery files alone."""
+    from retrieval.serving.gallery import Gallery
+    from retrieval.serving.versions import describe_versions, restore_version
+    from retrieval.workspace import gallery_root
+
+    workdir = Path(args.workdir)
+    root = gallery_root(workdir, args.tta)
+    if args.restore_gallery:
+        print(restore_version(workdir, root, args.restore_gallery))
+    if args.keep_galleries:
+        gallery = Gallery.load(root)
+        gallery.keep_versions = args.keep_galleries
+        gallery.save(root)
+        print(f"each gallery save now keeps the last {args.keep_galleries} version(s)")
+    print(describe_versions(root))
+    return 0
+
+
 def _run_locked(args: argparse.Namespace) -> int:
-    """--enroll, --remove and --rebuild_gallery write the gallery: one writer per workdir."""
-    if not (args.enroll or args.remove or args.rebuild_gallery):
+    """--enroll, --remove, --rebuild_gallery and the version changes write the gallery: one
+    writer per workdir."""
+    writes = args.enroll or args.remove or args.rebuild_gallery
+    if not (writes or args.restore_gallery or args.keep_galleries):
         return _run(args)
     from retrieval.workdir_lock import command_line, workdir_lock
 

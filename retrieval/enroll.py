@@ -7,7 +7,6 @@ gallery's history, and each save is atomic (a crash leaves the previous gallery 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +14,12 @@ import numpy as np
 
 from retrieval.config import RunConfig
 from retrieval.data.images import check_images
+from retrieval.data.records import ImageRecord
 from retrieval.data.scan import load_records
 from retrieval.errors import InputError
 from retrieval.serving.evidence import decide_in_gallery
+from retrieval.serving.gallery import now
+from retrieval.serving.journal import append_entry
 from retrieval.serving.local_scores import forget_photos
 from retrieval.workspace import Workspace, refresh_policy
 
@@ -35,12 +37,16 @@ class EnrollSummary:
 
 
 def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> EnrollSummary:
-    """Embed the images of a folder ``{class}/{ID}_{seq}.jpg`` or a manifest and add them.
+    """Embed the images of a folder ``{class}/{ID}_{seq}.jpg`` or a manifest and add them."""
+    return enroll_records(ws, load_records(source, image_root), source=str(source))
+
+
+def enroll_records(ws: Workspace, records: list[ImageRecord], *, source: str) -> EnrollSummary:
+    """Embed labelled photos and add them; journalled, so they survive a gallery rebuild.
 
     The training image policy applies (minimum size from the checkpoint's config); images whose
     path is already in the gallery are skipped, so enrolling a folder twice adds nothing.
     """
-    records = load_records(source, image_root)
     min_size = RunConfig.from_dict(ws.loaded.config).data.min_size
     check = check_images(records, min_size=min_size)
     known = ws.gallery.live_paths()
@@ -53,14 +59,16 @@ def enroll(ws: Workspace, source: Path, *, image_root: Path | None = None) -> En
         paths = [str(r.path) for r in fresh]
         ws.gallery.add_items(embeddings, [r.label for r in fresh], paths)
         forget_photos(ws.gallery_root, paths)  # a replaced file gets fresh keypoints
+        photos = [[str(r.path), r.label] for r in fresh]
+        _journal(ws, {"event": "enroll", "source": source, "photos": photos})
     new_classes = tuple(sorted({r.label for r in fresh} - before))
     ws.gallery.history.append(
         {
             "event": "enroll",
-            "source": str(source),
+            "source": source,
             "items": len(fresh),
             "new_classes": list(new_classes),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "time": now(),
         }
     )
     note = refresh_policy(ws, why=f"enrolled {len(fresh)} photo(s)") if fresh else ""
@@ -100,17 +108,39 @@ def remove(ws: Workspace, class_name: str) -> tuple[int, str]:
     forget_photos(ws.gallery_root, paths)
     if removed == 0:
         raise InputError(f"class {class_name!r} has no items left in the gallery")
+    _journal(ws, {"event": "remove", "class": class_name})
     ws.gallery.history.append(
         {
             "event": "remove",
             "class": class_name,
             "items": removed,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "time": now(),
         }
     )
     note = refresh_policy(ws, why=f"removed {class_name}")
     ws.gallery.save(ws.gallery_root)
     return removed, note
+
+
+def remove_photos(ws: Workspace, paths: list[str], *, why: str) -> int:
+    """Remove these photos' items from the gallery (a correction undone, say); journalled, so
+    a rebuilt gallery leaves them out too. Returns how many items went."""
+    removed = ws.gallery.remove_paths(set(paths))
+    if removed == 0:
+        return 0
+    forget_photos(ws.gallery_root, paths)
+    _journal(ws, {"event": "remove_photos", "paths": list(paths), "why": why})
+    ws.gallery.history.append(
+        {"event": "remove_photos", "items": removed, "why": why, "time": now()}
+    )
+    refresh_policy(ws, why=why)
+    ws.gallery.save(ws.gallery_root)
+    return removed
+
+
+def _journal(ws: Workspace, entry: dict) -> None:
+    """Confirm a change in the workdir's journal before the gallery holding it is saved."""
+    ws.gallery.journal = append_entry(ws.workdir, entry)
 
 
 def format_enroll(summary: EnrollSummary) -> str:

@@ -7,6 +7,7 @@ reused as long as the checkpoint (and TTA mode) match.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +29,8 @@ from retrieval.errors import InputError
 from retrieval.inference import LoadedModel, load_inference_model
 from retrieval.serving.decide import TARGET_ACCURACY
 from retrieval.serving.gallery import GALLERY_FOLDER, Gallery, gallery_exists
+from retrieval.serving.journal import journal_path
+from retrieval.serving.replay import catch_up, seed_journal
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def prepare_for(loaded: LoadedModel, workdir: Path, *, data: str | None, image_r
 def build_gallery(
     loaded: LoadedModel,
     prepared: PreparedData,
+    workdir: Path,
     *,
     plan: RuntimePlan,
     tta: str,
@@ -101,7 +105,8 @@ def build_gallery(
     progress: bool = True,
     target_accuracy: float = TARGET_ACCURACY,
 ) -> Gallery:
-    """Embed the train split into a gallery; choose its decision policy on the val split."""
+    """Embed the train split into a gallery, replay the workdir's enrolment journal into it
+    (printing what it replayed), and choose its decision policy on the val split."""
     common = dict(
         transform=build_eval_transform(loaded.image_size),
         plan=plan,
@@ -122,6 +127,9 @@ def build_gallery(
     def embed(records: list[ImageRecord], desc: str) -> np.ndarray:
         return extract_embeddings(loaded.model, records, desc=desc, **common)
 
+    replayed = catch_up(gallery, workdir, embed, min_size=_min_size(loaded))
+    if replayed is not None and replayed.entries:
+        print(replayed.describe(journal_path(workdir)), flush=True)
     choose_policy_on_val(
         gallery, prepared.val, embed, why="gallery built", target_accuracy=target_accuracy
     )
@@ -146,6 +154,39 @@ def choose_policy_on_val(
     truth = np.array([gallery.class_index(r.label) for r in known], dtype=np.int64)
     policy = choose_gallery_policy(gallery, queries, truth, target_accuracy=target_accuracy)
     return set_gallery_policy(gallery, policy, why=why)
+
+
+def _min_size(loaded: LoadedModel) -> int:
+    """The training image policy's minimum size, which enrolled photos follow too."""
+    return RunConfig.from_dict(loaded.config).data.min_size
+
+
+def _catch_up(ws: Workspace) -> None:
+    """Replay into an opened gallery the journal entries it lacks (an enrolment killed between
+    its journal entry and its gallery save), then save it; a gallery that is no prefix of the
+    journal is named, with the fix."""
+    gallery = ws.gallery
+    seeded = seed_journal(ws.workdir, gallery)
+    if seeded:  # the journal was empty: the gallery holds exactly these entries
+        gallery.journal = seeded
+        gallery.save(ws.gallery_root)
+    replayed = catch_up(
+        gallery,
+        ws.workdir,
+        lambda records, desc: ws.embed(records, desc=desc, progress=False),
+        min_size=_min_size(ws.loaded),
+    )
+    if replayed is None:
+        print(
+            f"warning: the gallery in {ws.gallery_root} does not hold what the enrolment "
+            f"journal {journal_path(ws.workdir)} says; run --rebuild_gallery to rebuild it "
+            "from the journal",
+            file=sys.stderr,
+        )
+    elif replayed.entries:
+        print(replayed.describe(journal_path(ws.workdir)), file=sys.stderr)
+        print(refresh_policy(ws, why="enrolments replayed"), file=sys.stderr)
+        gallery.save(ws.gallery_root)
 
 
 def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = None) -> str:
@@ -192,6 +233,7 @@ def open_workspace(
     if gallery_exists(root) and not rebuild:
         gallery = Gallery.load(root, expected_fingerprint=gallery_fingerprint(loaded, tta))
         ws = Workspace(workdir, plan, loaded, gallery, tta, batch_size)
+        _catch_up(ws)
         stored = gallery.policy_for(expand=False).target_accuracy
         why = None
         if gallery.policy is None and gallery.size:
@@ -202,10 +244,13 @@ def open_workspace(
             print(refresh_policy(ws, why=why, target_accuracy=target_accuracy))
             gallery.save(root)
         return ws
+    if gallery_exists(root) and not journal_path(workdir).exists():
+        seed_journal(workdir, Gallery.load(root))  # enrolments made before the journal
     prepared = prepare_for(loaded, workdir, data=data, image_root=image_root)
     gallery = build_gallery(
         loaded,
         prepared,
+        workdir,
         plan=plan,
         tta=tta,
         batch_size=batch_size,

@@ -6,6 +6,8 @@ so loading with a different fingerprint is refused.
 
 On disk (``<workdir>/gallery/``) every save writes a new version folder and then switches the
 ``current.json`` pointer atomically, so a crash mid-save leaves the previous gallery intact.
+The last ``keep_versions`` versions stay on disk, so a user can go back to one
+(``search.py --restore_gallery``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ POINTER = "current.json"
 GALLERY_FOLDER = "gallery"  # <workdir>/gallery
 FORMAT_VERSION = 2  # 2: a decision policy replaced the vote thresholds
 EXPANDED_INDEX = "index_expanded.faiss"  # the DBA'd vectors, beside index.faiss
+KEEP_VERSIONS = 5  # gallery versions kept on disk by default (search.py --keep_galleries)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class Gallery:
     history: list[dict] = field(default_factory=list)  # what built or changed the gallery
     expansion: GalleryExpansion | None = None  # --rerank qe, chosen on val
     fusion: Fusion | None = None  # local matching: chosen on val; None: not chosen yet
+    journal: int = 0  # entries of the workdir's enrolment journal this gallery holds
+    keep_versions: int = KEEP_VERSIONS  # versions kept on disk by each save
     # the DBA'd vectors under the same IDs, built on first use and dropped on every change
     _augmented: FlatIndex | None = field(default=None, init=False, repr=False, compare=False)
     _means: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -79,7 +84,7 @@ class Gallery:
             paths_by_id=[str(p) for p in paths],
             class_names=list(class_names),
             fingerprint=fingerprint,
-            history=[{"event": "build", "items": len(paths), "time": _now()}],
+            history=[{"event": "build", "items": len(paths), "time": now()}],
         )
 
     @property
@@ -143,12 +148,12 @@ class Gallery:
     def set_expansion(self, expansion: GalleryExpansion) -> None:
         self.expansion = expansion
         self._changed()
-        self.history.append({"event": "expansion", **expansion.to_dict(), "time": _now()})
+        self.history.append({"event": "expansion", **expansion.to_dict(), "time": now()})
 
     def set_fusion(self, fusion: Fusion) -> None:
         self.fusion = fusion
         entry = {"mode": fusion.mode, "shortlist": fusion.shortlist, **fusion.evidence}
-        self.history.append({"event": "local_match", **entry, "time": _now()})
+        self.history.append({"event": "local_match", **entry, "time": now()})
 
     def label_hits(self, result: SearchResult) -> GalleryHits:
         """``result`` (indices are item IDs) with each hit's class and image path."""
@@ -183,7 +188,14 @@ class Gallery:
     def remove_class(self, name: str) -> int:
         """Drop every item of class ``name``; other items keep their IDs. Returns the count."""
         label = self.class_index(name)
-        ids = np.flatnonzero(self.labels_by_id == label).astype(np.int64)
+        return self._remove_ids(np.flatnonzero(self.labels_by_id == label).astype(np.int64))
+
+    def remove_paths(self, paths: set[str]) -> int:
+        """Drop the live items of these image paths; returns how many went."""
+        ids = [i for i, p in enumerate(self.paths_by_id) if p and p in paths]
+        return self._remove_ids(np.array(ids, dtype=np.int64))
+
+    def _remove_ids(self, ids: np.ndarray) -> int:
         removed = self.index.remove_ids(ids)
         self._changed()
         self.labels_by_id[ids] = -1
@@ -221,7 +233,7 @@ class Gallery:
         write_json_atomic(folder / "paths_by_id.json", self.paths_by_id)
         write_json_atomic(folder / "meta.json", self._meta())
         write_json_atomic(root / POINTER, {"version": version})
-        _remove_other_versions(root, keep=version)
+        _remove_old_versions(root, keep=self.keep_versions, current=version)
         return folder
 
     def _meta(self) -> dict:
@@ -234,26 +246,33 @@ class Gallery:
             "expansion": None if self.expansion is None else self.expansion.to_dict(),
             "fusion": None if self.fusion is None else self.fusion.to_dict(),
             "items": self.size,
+            "journal": self.journal,
+            "keep_versions": self.keep_versions,
         }
 
     @classmethod
     def load(
-        cls, root: Path, *, expected_fingerprint: str | None = None, use_gpu: bool | None = None
+        cls,
+        root: Path,
+        *,
+        expected_fingerprint: str | None = None,
+        use_gpu: bool | None = None,
+        version: str | None = None,
     ) -> Gallery:
-        """Load the current version; refuse one built by another model."""
+        """Load the current version (or ``version``); refuse one built by another model."""
         root = Path(root)
         pointer = root / POINTER
         if not pointer.is_file():
             raise InputError(f"no gallery at {root}; it is built by train.py or on first search")
-        fix = "rebuild it with --rebuild_gallery, then --enroll again what was enrolled"
-        folder = root / read_json(pointer, fix=fix)["version"]
+        fix = "rebuild it with --rebuild_gallery (enrolments are replayed from the journal)"
+        folder = root / (version or read_json(pointer, fix=fix)["version"])
         meta = read_json(folder / "meta.json", fix=fix)
         if expected_fingerprint is not None and meta["fingerprint"] != expected_fingerprint:
             raise InputError(
                 f"the gallery in {root} was built with another checkpoint "
                 f"({meta['fingerprint']}, this one is {expected_fingerprint}); "
                 "pass the --checkpoint it was built from, or rebuild it for this one with "
-                "--rebuild_gallery (then --enroll again what was enrolled)"
+                "--rebuild_gallery (enrolments are replayed from the journal)"
             )
         expansion = meta.get("expansion")
         if meta.get("format", 1) < 2:  # vote thresholds: the policy is chosen again on val
@@ -269,6 +288,8 @@ class Gallery:
             history=list(meta["history"]),
             expansion=None if expansion is None else GalleryExpansion.from_dict(expansion),
             fusion=None if fusion is None else Fusion.from_dict(fusion),
+            journal=int(meta.get("journal", 0)),
+            keep_versions=int(meta.get("keep_versions", KEEP_VERSIONS)),
         )
         if expansion is not None:
             gallery._augmented = FlatIndex.load(folder / EXPANDED_INDEX, use_gpu=use_gpu)
@@ -279,11 +300,25 @@ def gallery_exists(root: Path) -> bool:
     return (Path(root) / POINTER).is_file()
 
 
-def _remove_other_versions(root: Path, *, keep: str) -> None:
-    for child in root.iterdir():
-        if child.is_dir() and child.name.startswith("v") and child.name != keep:
-            shutil.rmtree(child, ignore_errors=True)
+def gallery_versions(root: Path) -> list[str]:
+    """The version folders on disk, oldest first (their names sort by the time of the save)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(c.name for c in root.iterdir() if c.is_dir() and c.name.startswith("v"))
 
 
-def _now() -> str:
+def current_version(root: Path) -> str | None:
+    pointer = Path(root) / POINTER
+    return read_json(pointer)["version"] if pointer.is_file() else None
+
+
+def _remove_old_versions(root: Path, *, keep: int, current: str) -> None:
+    """Delete all but the newest ``keep`` versions; the current one always stays."""
+    versions = [v for v in gallery_versions(root) if v != current]
+    for name in versions[: max(0, len(versions) - (keep - 1))]:
+        shutil.rmtree(root / name, ignore_errors=True)
+
+
+def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
