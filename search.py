@@ -211,17 +211,15 @@ def _val_if(needed: bool, ws, args: argparse.Namespace, workdir: Path):
 def _local(ws, args: argparse.Namespace, workdir: Path, expand: bool):
     """What ``--local_match`` re-scores a search with: the gallery's fusion, chosen on the
     checkpoint's val split on first use (printed on stderr, so JSON output stays clean)."""
-    from retrieval.calibration.local_policy import local_queries
+    from retrieval.calibration.local_policy import search_local
 
-    def chosen(paths: list[str]):
-        needed = ws.gallery.fusion is None and args.local_match != "off"
-        val = _val_if(needed, ws, args, workdir)
-        local, note = local_queries(ws, paths, local_match=args.local_match, val=val, expand=expand)
-        if note:
-            print(note, file=sys.stderr)
-        return local
-
-    return chosen
+    return search_local(
+        ws,
+        local_match=args.local_match,
+        read_val=lambda: _val_if(True, ws, args, workdir),
+        expand=expand,
+        report=lambda note: print(note, file=sys.stderr),
+    )
 
 
 def _change_gallery(ws, args: argparse.Namespace) -> int:

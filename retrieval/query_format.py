@@ -51,7 +51,8 @@ def _status(answer: QueryAnswer) -> str:
     return "accepted" if answer.class_name else UNCLASSIFIABLE
 
 
-def _as_dict(answer: QueryAnswer) -> dict:
+def answer_dict(answer: QueryAnswer) -> dict:
+    """One answer as ``--format json`` prints it (the review log keeps it the same way)."""
     d = answer.decision
     evidence = None
     if d is not None:
@@ -87,7 +88,7 @@ def _as_dict(answer: QueryAnswer) -> dict:
 
 
 def as_json(answers: list[QueryAnswer]) -> str:
-    return json.dumps([_as_dict(a) for a in answers], indent=2)
+    return json.dumps([answer_dict(a) for a in answers], indent=2)
 
 
 def as_csv(answers: list[QueryAnswer]) -> str:
@@ -96,7 +97,7 @@ def as_csv(answers: list[QueryAnswer]) -> str:
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for answer in answers:
-        row = _as_dict(answer)
+        row = answer_dict(answer)
         head = [row["image"], row["status"], row["class"] or "", _num(row["confidence"])]
         head.append(row["reason"] or "")
         if not row["matches"]:

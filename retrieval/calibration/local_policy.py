@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -102,3 +102,34 @@ def local_queries(
     if fusion is None:
         return None, note
     return LocalQueries(list(paths), ws.gallery_root, progress=progress), note
+
+
+def search_local(
+    ws: EmbeddingGallery,
+    *,
+    local_match: str,
+    read_val: Callable[[], Sequence[ImageRecord] | None],
+    expand: bool = False,
+    report: Callable[[str], None] = print,
+    progress: bool = True,
+) -> Callable[[list[str]], LocalQueries | None]:
+    """What a photo search (``search.py``, the review page) passes to ``answer_images``:
+    given the readable photos, the local queries ``--local_match`` applies. ``read_val`` is
+    called only when a fusion must still be chosen on val; ``report`` gets the line saying
+    what was applied."""
+
+    def chosen(paths: list[str]) -> LocalQueries | None:
+        needed = ws.gallery.fusion is None and local_match != "off"
+        local, note = local_queries(
+            ws,
+            paths,
+            local_match=local_match,
+            val=read_val() if needed else None,
+            expand=expand,
+            progress=progress,
+        )
+        if note:
+            report(note)
+        return local
+
+    return chosen
