@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_workdir_args(p, checkpoint=False)
     p.add_argument("--data", help="data folder data/{class}/{ID}_{seq}.jpg or a CSV manifest")
     p.add_argument("--image_root", help="folder the manifest's file names are relative to")
+    p.add_argument(
+        "--corrections",
+        metavar="WORKDIR",
+        help="train on --data plus the photos people filed on the review page of WORKDIR "
+        "(search.py --serve), minus those marked unusable; they join the train split",
+    )
     p.add_argument("--backbone", help="timm model name (default tf_efficientnetv2_l)")
     p.add_argument(
         "--pretrained", help="timm (hub, default) | pypi (EfficientNet-Lite0) | none | PATH"
@@ -150,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 NOT_CONFIG = {
     "workdir",
+    "corrections",
     "fresh",
     "resplit",
     "preset",
@@ -207,6 +214,8 @@ def _run(args: argparse.Namespace) -> int:
             "throughout (a probe: only the neck and head train)"
         )
     materialize_preset(args.preset, Path(args.workdir), cfg.data.data)
+    if args.corrections:
+        cfg = _with_corrections(cfg, args)
     seed_change = _seed_change(args)
     if args.prepare_only:
         from retrieval.data.prepare import format_prepare_summary
@@ -221,6 +230,30 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(summary_json(result))
     return 130 if result.interrupted else 0
+
+
+def _with_corrections(cfg, args: argparse.Namespace):
+    """The run's data as the review left it: a manifest the data loader reads (issue 37)."""
+    from dataclasses import replace
+
+    from retrieval.checkpoint import LATEST
+    from retrieval.review.training_data import training_manifest
+
+    resumable = (Path(args.workdir) / "checkpoints" / LATEST).is_file()
+    if resumable and not args.fresh:
+        raise InputError(
+            f"--corrections changes the training data, which the run in {args.workdir} cannot "
+            "resume on; add --fresh (the previous run's checkpoints are kept)"
+        )
+    d = cfg.data
+    export = training_manifest(
+        Path(args.corrections),
+        data=Path(d.data),
+        image_root=Path(d.image_root) if d.image_root else None,
+        workdir=Path(args.workdir),
+    )
+    print(export.describe())
+    return replace(cfg, data=replace(d, data=str(export.manifest.resolve()), image_root=None))
 
 
 def _seed_change(args: argparse.Namespace) -> str:

@@ -255,21 +255,31 @@ def test_the_dashboard_shows_the_evaluation_and_the_review_shares(served):
     assert client.get("/figures/..%2Fmetrics.json").status_code == 404
 
 
-def test_corrections_reach_the_next_training_run(served, tmp_path):
-    from retrieval.review.training_data import training_manifest
+def test_corrections_reach_the_next_training_run(served, capsys):
+    """train.py --fresh --corrections: the filed photos train (in the train split, a new
+    individual in the class map), the unusable ones do not, the rejected pair is recorded."""
+    from conftest import TINY_TRAIN_ARGS
+
+    import train
+    from retrieval.data.splits import load_splits
 
     client, ws, photos = served
     red = answer_of(client, upload(client, ("red.png", _png(photos / "red_0.png"))))
     blue = answer_of(client, upload(client, ("blue.png", _png(photos / "blue_1.png"))))
     client.post(f"/answers/{red['id']}/action", data={"action": "new", "name": "teal"})
     client.post(f"/answers/{blue['id']}/action", data={"action": "unusable"})
-    data = Path(
-        json.loads((ws.workdir / "checkpoints" / "config.json").read_text())["data"]["data"]
-    )
-    export = training_manifest(ws.workdir, data=data, image_root=None, workdir=ws.workdir)
-    rows = export.manifest.read_text().splitlines()
+    data = ws.loaded.config["data"]["data"]
+    wd = ["--workdir", str(ws.workdir), "--data", data, "--epochs", "2", "--warmup_epochs", "1"]
+    assert train.main([*wd, *TINY_TRAIN_ARGS, "--corrections", str(ws.workdir)]) == 2
+    assert "cannot resume on; add --fresh" in capsys.readouterr().err
+    assert train.main([*wd, *TINY_TRAIN_ARGS, "--fresh", "--corrections", str(ws.workdir)]) == 0
+
+    rows = (ws.workdir / "review" / "training_manifest.csv").read_text().splitlines()
     assert rows[0] == "filename,label,group"
-    assert any(row.startswith(f"{red['image']},teal,") for row in rows)
+    assert any(row.startswith(f"{red['image']},teal,review-") for row in rows)
     assert not any(blue["image"] in row for row in rows)
-    negatives = export.hard_negatives.read_text()
-    assert red["image"] in negatives
+    assert red["image"] in (ws.workdir / "review" / "hard_negatives.csv").read_text()
+    splits = load_splits(ws.workdir / "splits")
+    assert any(g.startswith("review-") for g in splits.train)
+    assert "teal" in json.loads((ws.workdir / "class_to_idx.json").read_text())
+
