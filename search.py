@@ -80,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT.png",
         help="draw the one query photo beside its top match, verified keypoint matches as lines",
     )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="the review page: send photos, check each answer beside its matches, confirm or "
+        "correct it (applied to the gallery, logged in <workdir>/review/)",
+    )
+    p.add_argument("--port", type=int, help="--serve: the port (default 8765)")
+    p.add_argument(
+        "--host",
+        help="--serve: the address to listen on (default 127.0.0.1, this machine only); any "
+        "other needs the token the server prints",
+    )
+    p.add_argument(
+        "--folder",
+        action="append",
+        metavar="DIR",
+        help="--serve: a folder whose photos the page may review (repeat for several)",
+    )
     return p
 
 
@@ -93,6 +111,8 @@ def _positive(text: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     from retrieval.errors import InputError
 
+    if args.serve or args.port is not None or args.host or args.folder:
+        return _serve(args)
     if args.gallery_versions or args.restore_gallery or args.keep_galleries:
         return _gallery_versions(args)
     if not (args.images or args.pairs or args.enroll or args.remove or args.rebuild_gallery):
@@ -155,6 +175,31 @@ def _run(args: argparse.Namespace) -> int:
         # on stderr under --format json/csv, so that the answers stay machine-readable
         print(explained.describe(), file=sys.stdout if args.format == "table" else sys.stderr)
     return 1 if any(a.error for a in answers) else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The review page (retrieval.review): flags checked before the model loads."""
+    from retrieval.errors import InputError
+    from retrieval.review.server import serve
+    from retrieval.review.settings import DEFAULT_PORT, LOOPBACK, build_settings
+
+    if not args.serve:
+        raise InputError("--port, --host and --folder set up the review page: add --serve")
+    others = [args.images, args.pairs, args.enroll, args.remove, args.explain, args.onnx]
+    if any(others) or args.rerank != "none" or args.closed_set:
+        raise InputError(
+            "--serve answers the photos sent from the page: run photos, --pairs, --enroll, "
+            "--remove, --explain, --onnx and --rerank without it"
+        )
+    settings = build_settings(
+        host=args.host or LOOPBACK,
+        port=DEFAULT_PORT if args.port is None else args.port,
+        folders=args.folder or [],
+        top_k=args.top_k,
+        local_match=args.local_match,
+    )
+    serve(workspace_from_args(args), settings)
+    return 0
 
 
 def _check_explain(args: argparse.Namespace) -> None:

@@ -283,3 +283,19 @@ def test_corrections_reach_the_next_training_run(served, capsys):
     assert any(g.startswith("review-") for g in splits.train)
     assert "teal" in json.loads((ws.workdir / "class_to_idx.json").read_text())
 
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--port", "9000"], "add --serve"),
+        (["--serve", "photo.jpg"], "without it"),
+        (["--serve", "--rerank", "qe"], "without it"),
+        (["--serve", "--folder", "/no/such/folder"], "not an existing folder"),
+        (["--serve", "--port", "70000"], "not a TCP port"),
+    ],
+)
+def test_search_serve_refuses_bad_flags_before_the_model_loads(argv, says, tmp_path, capsys):
+    import search
+
+    assert search.main([*argv, "--workdir", str(tmp_path / "none")]) == 2
+    assert says in capsys.readouterr().err
