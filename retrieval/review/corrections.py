@@ -89,7 +89,7 @@ def act(ws: Workspace, item: ReviewItem, action: str, name: str | None = None) -
     """Apply a person's ``action`` on ``item`` (confirm, choose NAME, new NAME, unusable) to
     the gallery and log it; returns the log entry."""
     after = target_of(ws, item, action, name)
-    with writer_lock(ws):
+    with _writer_lock(ws):
         before = gallery_label(ws.gallery, item.photo)
         _move(ws, item.photo, before, after, why=f"review: {action} {item.name}")
         entry = _entry(ws, item, action, before=before, after=after)
@@ -100,7 +100,7 @@ def act(ws: Workspace, item: ReviewItem, action: str, name: str | None = None) -
 def undo(ws: Workspace, item: ReviewItem) -> dict:
     """Undo the action in effect on ``item``: the gallery goes back to what it held the photo
     as before it, and an undo entry is logged; returns that entry."""
-    with writer_lock(ws):
+    with _writer_lock(ws):
         last = in_effect(read_log(ws.workdir)).get(item.id)
         if last is None:
             raise InputError(f"nothing to undo for {item.name}: no action in effect")
@@ -128,7 +128,7 @@ def _entry(ws: Workspace, item: ReviewItem, action: str, *, before, after) -> di
 
 
 @contextmanager
-def writer_lock(ws: Workspace) -> Iterator[None]:
+def _writer_lock(ws: Workspace) -> Iterator[None]:
     """The workdir's writer lock for one action; ``WorkdirBusy`` when another process has it."""
     with ExitStack() as stack:
         try:

@@ -13,7 +13,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from retrieval.review.answers import AnswerBook, ReviewItem, answer_photos
-from retrieval.review.corrections import writer_lock
 from retrieval.review.settings import ReviewSettings
 from retrieval.workspace import Workspace
 
@@ -33,20 +32,11 @@ class ReviewState:
 
     def answer(self, photos: list[tuple[Path, str]]) -> list[ReviewItem]:
         """Answer photos and add them to the session's answers."""
+        s = self.settings
         with self.lock:
-            # the first search may choose local matching on val and save it with the gallery
-            choosing = self.ws.gallery.fusion is None and self.settings.local_match != "off"
-            if choosing:
-                with writer_lock(self.ws):
-                    items = self._answer(photos)
-            else:
-                items = self._answer(photos)
+            items = answer_photos(self.ws, photos, top_k=s.top_k, local_match=s.local_match)
             self.book.add(items)
         return items
-
-    def _answer(self, photos: list[tuple[Path, str]]) -> list[ReviewItem]:
-        s = self.settings
-        return answer_photos(self.ws, photos, top_k=s.top_k, local_match=s.local_match)
 
     def item(self, item_id: str) -> ReviewItem:
         """The answer ``item_id`` of this session, or a 404."""
