@@ -299,3 +299,28 @@ def test_search_serve_refuses_bad_flags_before_the_model_loads(argv, says, tmp_p
 
     assert search.main([*argv, "--workdir", str(tmp_path / "none")]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_correction_while_another_process_writes_is_refused_and_changes_nothing(served):
+    from retrieval.workdir_lock import workdir_lock
+
+    client, ws, photos = served
+    answer = answer_of(client, upload(client, ("red.png", _png(photos / "red_0.png"))))
+    with workdir_lock(ws.workdir, "train.py --fresh"):  # another writer, as flock sees it
+        r = client.post(f"/answers/{answer['id']}/action", data={"action": "confirm"})
+    assert r.status_code == 409 and "train.py --fresh" in r.text and "try again" in r.text
+    assert read_log(ws.workdir) == [] and gallery_label(on_disk(ws), answer["image"]) is None
+    assert client.post(f"/answers/{answer['id']}/action", data={"action": "confirm"}).is_redirect
+
+
+def test_a_torn_last_line_of_the_log_is_ignored_and_the_next_entry_kept(tmp_path):
+    from retrieval.review.log import append_entry, log_path
+
+    first = {"id": "a", "answer": "x", "action": "unusable", "after": None}
+    append_entry(tmp_path, first)
+    with log_path(tmp_path).open("a") as handle:
+        handle.write('{"id": "b", "answer": "x", "act')  # killed mid-append
+    assert read_log(tmp_path) == [first]
+    second = {**first, "id": "c"}
+    append_entry(tmp_path, second)
+    assert read_log(tmp_path) == [first, second]

@@ -1,10 +1,10 @@
 """The corrections log, ``<workdir>/review/corrections.jsonl``: every review action, in order.
 
 One JSON object a line, appended and fsync'd before the page says the action is done, so a
-crash loses nothing a person already confirmed. A torn last line (a kill mid-append) is an
-entry that was never confirmed, and is ignored. Entries are never rewritten: an undo is an
-entry of its own, naming the one it undoes. This module only reads and appends; applying an
-action to the gallery is ``retrieval.review.corrections``.
+crash loses nothing a person already confirmed. A torn line (a kill mid-append) is an entry
+that was never confirmed: it is skipped, and the next entry starts a line of its own. Entries
+are never rewritten: an undo is an entry of its own, naming the one it undoes. This module
+only reads and appends; applying an action to the gallery is ``retrieval.review.corrections``.
 
 An action entry: ``{"id", "time", "answer", "photo", "action", "before", "after",
 "gallery_version", "gallery_version_after", "overrode"}``: ``before``/``after`` are the
@@ -39,7 +39,7 @@ def read_log(workdir: Path) -> list[dict]:
         try:
             entries.append(json.loads(line))
         except json.JSONDecodeError:  # a kill mid-append: never confirmed
-            break
+            continue
     return entries
 
 

@@ -111,7 +111,7 @@ def answer_json(request: Request, item_id: str) -> dict:
 
 @router.get("/photos/{item_id}")
 def query_photo(request: Request, item_id: str) -> FileResponse:
-    return FileResponse(review_state(request).item(item_id).photo)
+    return _file(Path(review_state(request).item(item_id).photo))
 
 
 @router.get("/photos/{item_id}/thumb")
@@ -122,7 +122,7 @@ def query_thumb(request: Request, item_id: str) -> FileResponse:
 
 @router.get("/answers/{item_id}/matches/{rank}")
 def match_photo(request: Request, item_id: str, rank: int) -> FileResponse:
-    return FileResponse(_match(review_state(request).item(item_id), rank).path)
+    return _file(Path(_match(review_state(request).item(item_id), rank).path))
 
 
 @router.get("/answers/{item_id}/matches/{rank}/thumb")
@@ -148,7 +148,12 @@ def figure(request: Request, name: str) -> FileResponse:
     return FileResponse(path, media_type="image/png")
 
 
-def _thumb(photo: Path, workdir: Path) -> FileResponse:
+def _file(photo: Path) -> FileResponse:
     if not photo.is_file():
         raise HTTPException(404, f"{photo} is no longer there")
+    return FileResponse(photo)
+
+
+def _thumb(photo: Path, workdir: Path) -> FileResponse:
+    _file(photo)
     return FileResponse(thumbnail(photo, workdir), media_type="image/jpeg")
