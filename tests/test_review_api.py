@@ -324,3 +324,35 @@ def test_a_torn_last_line_of_the_log_is_ignored_and_the_next_entry_kept(tmp_path
     second = {**first, "id": "c"}
     append_entry(tmp_path, second)
     assert read_log(tmp_path) == [first, second]
+
+
+def _item(confidence: float, reason: str, *, label: int | None = None, error: str | None = None):
+    from retrieval.query import QueryAnswer
+    from retrieval.review.answers import ReviewItem
+    from retrieval.serving.decide import Decision
+
+    decision = None
+    if error is None:
+        decision = Decision(label, 0, confidence, reason, 0.5, 1, 0.4, 0.9, 1, 2)
+    answer = QueryAnswer(f"/p/{reason}{confidence}", decision=decision, error=error)
+    return ReviewItem(answer.image, answer.image, "x", answer, "v1", "now")
+
+
+def test_the_queue_sorts_least_confident_first_and_filters_by_kind():
+    from retrieval.review.answers import AnswerBook
+
+    split = "unclassifiable: split between a (0.50) and b (0.40) - reshoot"
+    far = "unclassifiable: nearest match is far (a at cosine 0.20, ...; likely a new individual)"
+    items = [
+        _item(0.9, "accepted", label=0),
+        _item(0.3, split),
+        _item(0.1, far),
+        _item(0.0, "", error="cannot read image"),
+    ]
+    book = AnswerBook()
+    book.add(items)
+    assert [i.kind for i in book.queue()] == ["error", "new", "rejected", "accepted"]
+    assert [i.kind for i in book.queue("rejected")] == ["new", "rejected"]
+    assert [i.kind for i in book.queue("new")] == ["new"]
+    assert [i.kind for i in book.queue("accepted")] == ["accepted"]
+    assert book.counts() == {"all": 4, "rejected": 2, "new": 1, "accepted": 1}
