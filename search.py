@@ -224,6 +224,7 @@ def _onnx_workspace(args: argparse.Namespace, workdir: Path):
     """The torch-free path: an exported model and the gallery the checkpoint saved."""
     from retrieval.errors import InputError
     from retrieval.onnx_embed import open_onnx_workspace
+    from retrieval.run_folder import current_run
     from retrieval.serving.gallery import GALLERY_FOLDER
 
     if args.enroll or args.remove or args.rebuild_gallery or args.tta != "none":
@@ -232,7 +233,7 @@ def _onnx_workspace(args: argparse.Namespace, workdir: Path):
             "--rebuild_gallery and --tta flip need the checkpoint: run them without --onnx"
         )
     return open_onnx_workspace(
-        Path(args.onnx), workdir / GALLERY_FOLDER, batch_size=args.batch_size
+        Path(args.onnx), current_run(workdir) / GALLERY_FOLDER, batch_size=args.batch_size
     )
 
 
@@ -283,12 +284,13 @@ def _change_gallery(ws, args: argparse.Namespace) -> int:
 def _gallery_versions(args: argparse.Namespace) -> int:
     """List the kept gallery versions, go back to one, or set how many are kept: no model
     needed, the gallery files alone."""
+    from retrieval.run_folder import current_run
     from retrieval.serving.gallery import Gallery
     from retrieval.serving.versions import describe_versions, restore_version
     from retrieval.workspace import gallery_root
 
     workdir = Path(args.workdir)
-    root = gallery_root(workdir, args.tta)
+    root = gallery_root(current_run(workdir), args.tta)
     if args.restore_gallery:
         print(restore_version(workdir, root, args.restore_gallery))
     if args.keep_galleries:

@@ -195,9 +195,11 @@ def _resumed_values(workdir: Path) -> dict[str, Any]:
     """The settings of the run in ``workdir`` when there is one to resume, else nothing."""
     from retrieval.checkpoint import LATEST
     from retrieval.config import stored_run_values
+    from retrieval.run_folder import checkpoints_dir, training_run
 
-    stored = workdir / "checkpoints" / "config.json"
-    if not (workdir / "checkpoints" / LATEST).is_file() or not stored.is_file():
+    checkpoints = checkpoints_dir(training_run(workdir))
+    stored = checkpoints / "config.json"
+    if not (checkpoints / LATEST).is_file() or not stored.is_file():
         return {}
     print(f"resuming with the settings in {stored}; flags given now override them")
     return stored_run_values(stored)
@@ -260,8 +262,9 @@ def _seed_change(args: argparse.Namespace) -> str:
     """What a seed other than the stored splits' does: an explicit --seed is refused unless
     --resplit; a resumed run cannot change its splits."""
     from retrieval.checkpoint import LATEST
+    from retrieval.run_folder import checkpoints_dir, training_run
 
-    resumable = (Path(args.workdir) / "checkpoints" / LATEST).is_file()
+    resumable = (checkpoints_dir(training_run(Path(args.workdir))) / LATEST).is_file()
     if args.resplit and resumable and not args.fresh:
         raise InputError(
             f"--resplit makes new train/val/test splits, which the run in {args.workdir} cannot "

@@ -36,6 +36,8 @@ from peer import PEER_BACKBONE, PEER_FILE, PeerConfig, train_peer
 from retrieval.config import EVAL_SIZES
 from retrieval.device import prepare_environment
 from retrieval.model.pretrained import PYPI_STAGE_DEPTHS
+from retrieval.run_folder import checkpoints_dir, current_run, training_run
+from retrieval.serving.gallery import GALLERY_FOLDER, gallery_exists
 
 # Training additions, each one flag on top of the plain recipe (SPEC defaults otherwise).
 VARIANTS: dict[str, list[str]] = {
@@ -146,7 +148,7 @@ def _model_file(workdir: Path, variant: str, checkpoint: str) -> Path | None:
         return None
     if variant == PEER:
         return workdir / PEER_FILE  # the peer has no model selection: always its last epoch
-    return workdir / "checkpoints" / f"{checkpoint}_model.pt"
+    return checkpoints_dir(current_run(workdir)) / f"{checkpoint}_model.pt"
 
 
 def _train(args: argparse.Namespace, data: Dataset, variant: str, seed: int, workdir: Path):
@@ -168,7 +170,7 @@ def _train(args: argparse.Namespace, data: Dataset, variant: str, seed: int, wor
         train_peer(dataset_records(data, workdir, seed=seed).prepared, workdir, config)
     else:
         argv = [*train_argv(args, data, variant, seed), "--workdir", str(workdir)]
-        if not (workdir / "checkpoints" / "latest_model.pt").exists():
+        if not (checkpoints_dir(training_run(workdir)) / "latest_model.pt").exists():
             argv.append("--fresh")
         if train.main(argv) != 0:
             raise SystemExit(f"training {variant} seed {seed} failed; see the log above")
@@ -187,7 +189,7 @@ def _finished(workdir: Path, variant: str) -> bool:
         return True
     if variant == PEER:
         return (workdir / PEER_FILE).exists()
-    return (workdir / "gallery" / "current.json").exists()
+    return gallery_exists(current_run(workdir) / GALLERY_FOLDER)
 
 
 def run_cell(args: argparse.Namespace, data: Dataset, variant: str, seed: int) -> dict | None:

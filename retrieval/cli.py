@@ -48,7 +48,7 @@ def add_workdir_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True
         parser.add_argument(
             "--checkpoint",
             default=None,
-            help="model checkpoint (default: <workdir>/checkpoints/best_model.pt)",
+            help="model checkpoint (default: the best model of the workdir's current run)",
         )
 
 
@@ -83,9 +83,11 @@ def add_local_match(parser: argparse.ArgumentParser) -> None:
 
 def default_checkpoint(workdir: str | Path, checkpoint: str | None) -> Path:
     """The checkpoint a CLI uses: the flag's, or the run's best model."""
+    from retrieval.run_folder import checkpoints_dir, current_run
+
     if checkpoint:
         return Path(checkpoint)
-    return Path(workdir) / "checkpoints" / "best_model.pt"
+    return checkpoints_dir(current_run(Path(workdir))) / "best_model.pt"
 
 
 def workspace_from_args(args: argparse.Namespace, **extra):

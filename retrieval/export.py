@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="model checkpoint (default: <workdir>/checkpoints/best_model.pt)",
+        help="model checkpoint (default: the best model of the workdir's current run)",
     )
     p.add_argument(
         "--onnx", default=None, help="ONNX file to write (default: <workdir>/model.onnx)"

@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from retrieval.errors import InputError
@@ -27,6 +27,7 @@ except ImportError:  # Windows
     fcntl = None
 
 LOCK_NAME = ".lock"
+_held: set[Path] = set()  # workdirs whose lock this process holds
 
 
 def command_line(prog: str) -> str:
@@ -49,7 +50,31 @@ def workdir_lock(workdir: Path, command: str) -> Iterator[None]:
     path = workdir / LOCK_NAME
     take = _take_flock if fcntl is not None else _take_exclusive_file
     with take(path, f"{os.getpid()}\n{command}\n"):
-        yield
+        _held.add(workdir.resolve())
+        try:
+            yield
+        finally:
+            _held.discard(workdir.resolve())
+
+
+@contextmanager
+def may_write(workdir: Path) -> Iterator[bool]:
+    """For a reader about to save what it computed on first use (a gallery, a policy, a
+    fusion): True when this process holds the workdir's lock or could take it for the body,
+    False when another writer holds it (the reader then keeps its result in memory only, and
+    the writer's save is not overwritten)."""
+    workdir = Path(workdir)
+    if workdir.resolve() in _held:
+        yield True
+        return
+    holder = f"{command_line(Path(sys.argv[0]).name)} (a save)"
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(workdir_lock(workdir, holder))
+        except InputError:
+            yield False
+            return
+        yield True
 
 
 @contextmanager

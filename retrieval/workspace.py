@@ -27,10 +27,12 @@ from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_dev
 from retrieval.embed import extract_embeddings
 from retrieval.errors import InputError
 from retrieval.inference import LoadedModel, load_inference_model
+from retrieval.run_folder import current_run
 from retrieval.serving.decide import TARGET_ACCURACY
 from retrieval.serving.gallery import GALLERY_FOLDER, Gallery, gallery_exists
 from retrieval.serving.journal import journal_path
 from retrieval.serving.replay import catch_up, seed_journal
+from retrieval.workdir_lock import may_write
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,11 @@ class Workspace:
     gallery: Gallery
     tta: str
     batch_size: int
+    run: Path | None = None  # the run folder whose gallery this is; None: the current run
 
     @property
     def gallery_root(self) -> Path:
-        return gallery_root(self.workdir, self.tta)
+        return gallery_root(self.run or current_run(self.workdir), self.tta)
 
     def embed(
         self, records, *, desc: str = "embedding", progress: bool = True, timer=None
@@ -70,9 +73,9 @@ def inference_plan(device: str = "auto") -> RuntimePlan:
     return plan
 
 
-def gallery_root(workdir: Path, tta: str) -> Path:
-    """``<workdir>/gallery``; a flip-TTA gallery lives beside it, so neither replaces the other."""
-    return workdir / (GALLERY_FOLDER if tta == "none" else f"{GALLERY_FOLDER}_tta_{tta}")
+def gallery_root(run: Path, tta: str) -> Path:
+    """``<run>/gallery``; a flip-TTA gallery lives beside it, so neither replaces the other."""
+    return run / (GALLERY_FOLDER if tta == "none" else f"{GALLERY_FOLDER}_tta_{tta}")
 
 
 def gallery_fingerprint(loaded: LoadedModel, tta: str) -> str:
@@ -166,10 +169,11 @@ def _catch_up(ws: Workspace) -> None:
     its journal entry and its gallery save), then save it; a gallery that is no prefix of the
     journal is named, with the fix."""
     gallery = ws.gallery
-    seeded = seed_journal(ws.workdir, gallery)
-    if seeded:  # the journal was empty: the gallery holds exactly these entries
-        gallery.journal = seeded
-        gallery.save(ws.gallery_root)
+    with may_write(ws.workdir) as free:
+        seeded = seed_journal(ws.workdir, gallery) if free else 0
+        if seeded:  # the journal was empty: the gallery holds exactly these entries
+            gallery.journal = seeded
+            gallery.save(ws.gallery_root)
     replayed = catch_up(
         gallery,
         ws.workdir,
@@ -186,7 +190,7 @@ def _catch_up(ws: Workspace) -> None:
     elif replayed.entries:
         print(replayed.describe(journal_path(ws.workdir)), file=sys.stderr)
         print(refresh_policy(ws, why="enrolments replayed"), file=sys.stderr)
-        gallery.save(ws.gallery_root)
+        gallery.save_if_free(ws.gallery_root, ws.workdir)
 
 
 def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = None) -> str:
@@ -223,16 +227,19 @@ def open_workspace(
     progress: bool = True,
     device: str = "auto",
     target_accuracy: float | None = None,
+    run: Path | None = None,
 ) -> Workspace:
     """Load the model and its gallery, building (and saving) the gallery when needed.
     ``target_accuracy``: when it differs from the stored policy's, the policy's threshold is
-    chosen again on val for it (and saved)."""
+    chosen again on val for it (and saved). ``run``: the run folder whose gallery to use
+    (default: the workdir's current run)."""
     plan = inference_plan(device)
     loaded = load_inference_model(checkpoint, plan)
-    root = gallery_root(workdir, tta)
+    run = run or current_run(workdir)
+    root = gallery_root(run, tta)
     if gallery_exists(root) and not rebuild:
         gallery = Gallery.load(root, expected_fingerprint=gallery_fingerprint(loaded, tta))
-        ws = Workspace(workdir, plan, loaded, gallery, tta, batch_size)
+        ws = Workspace(workdir, plan, loaded, gallery, tta, batch_size, run)
         _catch_up(ws)
         stored = gallery.policy_for(expand=False).target_accuracy
         why = None
@@ -242,7 +249,7 @@ def open_workspace(
             why = f"--target_accuracy {target_accuracy:g}"
         if why:
             print(refresh_policy(ws, why=why, target_accuracy=target_accuracy))
-            gallery.save(root)
+            gallery.save_if_free(root, workdir)
         return ws
     if gallery_exists(root) and not journal_path(workdir).exists():
         seed_journal(workdir, Gallery.load(root))  # enrolments made before the journal
@@ -257,5 +264,10 @@ def open_workspace(
         progress=progress,
         target_accuracy=target_accuracy or TARGET_ACCURACY,
     )
-    gallery.save(root)
-    return Workspace(workdir, plan, loaded, gallery, tta, batch_size)
+    if not gallery.save_if_free(root, workdir):
+        print(
+            f"note: another process is changing {workdir}; this gallery is used now and built "
+            "again next time",
+            file=sys.stderr,
+        )
+    return Workspace(workdir, plan, loaded, gallery, tta, batch_size, run)

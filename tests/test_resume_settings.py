@@ -12,10 +12,12 @@ import train
 from retrieval import checkpoint as ckpt
 from retrieval.config import LEGACY_INPUT_NORM, RunConfig, stored_run_values
 from retrieval.errors import InputError
+from retrieval.run_folder import checkpoints_dir, current_run
 
 
 def _stored_config(workdir) -> dict:
-    return ckpt.load_checkpoint(workdir / "checkpoints" / "latest_model.pt")["config"]
+    """The config of the workdir's current run (a --fresh run trains in a folder of its own)."""
+    return ckpt.load_checkpoint(checkpoints_dir(current_run(workdir)) / ckpt.LATEST)["config"]
 
 
 def test_a_bare_rerun_resumes_with_the_settings_the_run_was_started_with(tmp_path, capsys):

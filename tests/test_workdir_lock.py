@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import evaluate
 import search
 import train
 from retrieval.errors import InputError
+from retrieval.serving.gallery import Gallery, gallery_versions
 from retrieval.workdir_lock import workdir_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,7 @@ def test_readers_take_no_lock(tmp_path: Path, capsys) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
+from retrieval.serving.gallery import Gallery, gallery_versions
 from retrieval.workdir_lock import workdir_lock
 with workdir_lock(Path(sys.argv[1]), "train.py --fresh"):
     print("locked", flush=True)
@@ -92,3 +95,34 @@ def test_the_lock_of_a_killed_holder_is_free_again(tmp_path: Path) -> None:
         holder.wait(timeout=30)
     with workdir_lock(tmp_path, "search.py"):
         pass
+
+
+def test_a_reader_does_not_save_over_a_writer(tmp_path: Path) -> None:
+    """What a search computes on first use (a gallery, a policy, a fusion) is saved only while
+    no other process writes the workdir; the process holding the lock saves as usual."""
+    gallery = Gallery.build(
+        np.eye(2, dtype=np.float32),
+        np.array([0, 1]),
+        ["a.jpg", "b.jpg"],
+        class_names=["a", "b"],
+        fingerprint="f",
+    )
+    root = tmp_path / "gallery"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert not gallery.save_if_free(root, tmp_path)
+        assert not gallery_versions(root)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert gallery.save_if_free(root, tmp_path)
+    with workdir_lock(tmp_path, "search.py --enroll new/"):  # this process is the writer
+        assert gallery.save_if_free(root, tmp_path)
+    assert len(gallery_versions(root)) == 2

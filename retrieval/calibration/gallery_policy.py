@@ -31,6 +31,7 @@ class EmbeddingGallery(Protocol):
     expansion). A protocol, so this module imports neither: the workspace imports this one."""
 
     gallery: Gallery
+    workdir: Path  # whose writer lock a save of the gallery respects
 
     @property
     def gallery_root(self) -> Path: ...
@@ -129,5 +130,5 @@ def ensure_expansion(
     gallery.set_expansion(
         choose_expansion(val, val_labels, vectors, labels, len(gallery.class_names))
     )
-    gallery.save(ws.gallery_root)
+    gallery.save_if_free(ws.gallery_root, ws.workdir)
     return gallery.expansion

@@ -50,7 +50,7 @@ def ensure_fusion(
     fusion = choose_gallery_fusion(ws, val, progress=progress)
     if fusion is not None:
         gallery.set_fusion(fusion)
-        gallery.save(ws.gallery_root)
+        gallery.save_if_free(ws.gallery_root, ws.workdir)
     return fusion
 
 

@@ -26,6 +26,7 @@ from retrieval.serving.decide import DecisionPolicy
 from retrieval.serving.expansion import GalleryExpansion, augment_gallery, expand_queries
 from retrieval.serving.fusion import Fusion
 from retrieval.serving.index import FlatIndex, SearchResult
+from retrieval.workdir_lock import may_write
 
 POINTER = "current.json"
 GALLERY_FOLDER = "gallery"  # <workdir>/gallery
@@ -235,6 +236,15 @@ class Gallery:
         write_json_atomic(root / POINTER, {"version": version})
         _remove_old_versions(root, keep=self.keep_versions, current=version)
         return folder
+
+    def save_if_free(self, root: Path, workdir: Path) -> bool:
+        """Save what a reader (a search, an evaluation) computed on first use, unless another
+        process holds the workdir's writer lock: its save is then not overwritten, and this
+        result stays in memory. True when saved."""
+        with may_write(workdir) as free:
+            if free:
+                self.save(root)
+            return free
 
     def _meta(self) -> dict:
         return {

@@ -20,6 +20,7 @@ from retrieval.data.transforms import build_eval_transform
 from retrieval.device import RuntimePlan
 from retrieval.metrics import RetrievalMetrics
 from retrieval.model.embedder import EmbeddingModel, build_embedding_model
+from retrieval.run_folder import checkpoints_dir, training_run
 from retrieval.selective import accuracy_stderr
 from retrieval.training.selection import Progress, is_better
 from retrieval.training.validate import validate
@@ -98,7 +99,7 @@ def choose_served_model(
     )
     assert metrics is not None  # val and train are not empty here
     frozen_wins = is_better(metrics, progress, select_on=cfg.train.select_on)
-    directory = Path(cfg.workdir) / "checkpoints"
+    directory = checkpoints_dir(training_run(Path(cfg.workdir)))
     if frozen_wins:
         best = directory / ckpt.BEST
         best.replace(directory / TRAINED)

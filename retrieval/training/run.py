@@ -10,11 +10,12 @@ from retrieval.config import RunConfig, resolve_batch
 from retrieval.data.prepare import PreparedData, format_prepare_summary, prepare_data
 from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_device
 from retrieval.io import write_json_atomic
+from retrieval.run_folder import current_run, finish_run, start_fresh_run, training_run
 from retrieval.training.distributed import DistContext, barrier, init_distributed, shutdown
 from retrieval.training.epoch_log import trim_epoch_log
 from retrieval.training.frozen_candidate import choose_served_model, restore_trained_best
 from retrieval.training.imprint import imprint_head
-from retrieval.training.run_files import archive_previous_run, remove_killed_saves
+from retrieval.training.run_files import remove_killed_saves
 from retrieval.training.schedule import cosine_end_note
 from retrieval.training.trainer import TrainingSession, TrainResult
 
@@ -82,9 +83,11 @@ def run_training(
             print(plan.describe(), flush=True)
             print(_batch_line(cfg, plan, ctx), flush=True)
             _print_schedule_note(cfg)
-        session = TrainingSession(cfg, prepared, plan, ctx)
         if ctx.is_main:
             _tidy_checkpoints(Path(cfg.workdir), fresh=fresh)
+        barrier(ctx)  # every rank trains in the run folder rank 0 chose
+        session = TrainingSession(cfg, prepared, plan, ctx)
+        if ctx.is_main:
             restore_trained_best(session.dir, fresh=fresh)
         latest = session.dir / ckpt.LATEST
         if latest.exists() and not fresh:
@@ -115,19 +118,22 @@ def run_training(
                 print(choice.describe(), flush=True)
             if cfg.data.eval_size == "auto":
                 _choose_eval_size(cfg, session.dir / ckpt.BEST, prepared, plan)
-            _build_gallery(cfg, session.dir / ckpt.BEST, prepared)
+            _build_gallery(cfg, session.dir / ckpt.BEST, prepared, session.dir.parent)
+            switched = finish_run(Path(cfg.workdir))
+            if switched:
+                print(switched, flush=True)
         return result
     finally:
         shutdown(ctx)
 
 
 def _tidy_checkpoints(workdir: Path, *, fresh: bool) -> None:
-    """Before the run touches its checkpoints: no leftovers of killed saves, and for a fresh
-    run the previous run's files put aside (kept) rather than mixed with the new ones."""
-    for line in (
-        remove_killed_saves(workdir),
-        fresh and archive_previous_run(workdir / "checkpoints"),
-    ):
+    """Before the run touches its checkpoints: a fresh run gets a folder of its own when the
+    previous run has files (kept whole, still answering searches), and the run to train has no
+    leftovers of killed saves."""
+    lines = [fresh and start_fresh_run(workdir)]
+    lines += [remove_killed_saves(run) for run in {current_run(workdir), training_run(workdir)}]
+    for line in lines:
         if line:
             print(line, flush=True)
 
@@ -154,9 +160,10 @@ def _choose_eval_size(
     print(choice.describe(), flush=True)
 
 
-def _build_gallery(cfg: RunConfig, best: Path, prepared: PreparedData) -> None:
-    """Index the train split with the best model now, so the first search is instant, and
-    say which decision rule, and whether local matching, val chose for it."""
+def _build_gallery(cfg: RunConfig, best: Path, prepared: PreparedData, run: Path) -> None:
+    """Index the train split (and the enrolment journal) with the best model into ``run``'s
+    gallery now, so the first search is instant, and say which decision rule, and whether
+    local matching, val chose for it."""
     from retrieval.calibration.fusion_fit import describe_fusion
     from retrieval.calibration.local_policy import ensure_fusion
     from retrieval.calibration.policy import describe_policy
@@ -168,8 +175,9 @@ def _build_gallery(cfg: RunConfig, best: Path, prepared: PreparedData) -> None:
         batch_size=cfg.train.eval_batch_size,
         rebuild=True,
         device=cfg.train.device,
+        run=run,
     )
-    print(f"gallery: {ws.gallery.size} images indexed in {Path(cfg.workdir) / 'gallery'}")
+    print(f"gallery: {ws.gallery.size} images indexed in {ws.gallery_root}")
     print(describe_policy(ws.gallery.policy_for(expand=False)))
     fusion = ensure_fusion(ws, prepared.val)
     if fusion is not None:

@@ -27,6 +27,7 @@ from retrieval.errors import InputError
 from retrieval.metrics import RetrievalMetrics
 from retrieval.model.arcface import ArcFaceHead, dynamic_margins
 from retrieval.model.embedder import build_embedding_model, check_frozen_stages
+from retrieval.run_folder import checkpoints_dir, training_run
 from retrieval.training.distributed import DistContext, barrier, broadcast_object, device_for
 from retrieval.training.ema import build_ema
 from retrieval.training.epoch_log import append_epoch_row, epoch_line, interrupt_line
@@ -57,7 +58,7 @@ class TrainingSession:
     def __init__(self, cfg: RunConfig, prepared: PreparedData, plan: RuntimePlan, ctx: DistContext):
         self.cfg, self.prepared, self.plan, self.ctx = cfg, prepared, plan, ctx
         self.device = device_for(ctx, plan.device)
-        self.dir = Path(cfg.workdir) / "checkpoints"
+        self.dir = checkpoints_dir(training_run(Path(cfg.workdir)))
         self.accum_steps = plan.accum_steps
         self.progress = Progress()
         self.saved_epochs = 0  # whole epochs in latest_model.pt: what an interrupt keeps
