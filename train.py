@@ -240,8 +240,9 @@ def _with_corrections(cfg, args: argparse.Namespace):
 
     from retrieval.checkpoint import LATEST
     from retrieval.review.training_data import training_manifest
+    from retrieval.run_folder import checkpoints_dir, training_run
 
-    resumable = (Path(args.workdir) / "checkpoints" / LATEST).is_file()
+    resumable = (checkpoints_dir(training_run(Path(args.workdir))) / LATEST).is_file()
     if resumable and not args.fresh:
         raise InputError(
             f"--corrections changes the training data, which the run in {args.workdir} cannot "
