@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from local_helpers import HOMOGRAPHY, pil, texture, warped
 
-from retrieval.calibration.fusion_fit import choose_fusion, describe_fusion, fit_curve
+from retrieval.calibration.fusion_fit import (
+    choose_fusion,
+    choose_fusion_geometry,
+    describe_fusion,
+    fit_curve,
+)
 from retrieval.calibration.local_policy import local_queries
 from retrieval.errors import InputError
 from retrieval.local.features import LocalSettings
@@ -138,3 +143,13 @@ def test_keypoint_cache_fills_on_demand_and_forgets_changed_photos(tmp_path):
     assert load_local_features(store, fingerprint=key).image_paths == [photos[1]]
     # the same shortlist again: the forgotten photo is extracted afresh, the answer unchanged
     np.testing.assert_array_equal(scorer.inliers(queries, [[photos[1], photos[2]]], 2), inliers)
+
+
+def test_val_chooses_the_geometry_whose_inliers_decide_best():
+    evidence, inliers, truth = _val_set(np.random.default_rng(1))
+    noise = np.random.default_rng(3).integers(0, 8, inliers.shape).astype(np.int32)
+    fusion = choose_fusion_geometry(evidence, {"homography": noise, "affine": inliers}, truth)
+    by_geometry = fusion.evidence["geometries"]
+    assert fusion.geometry == "affine" and fusion.helps
+    assert by_geometry["affine"] > by_geometry["homography"]
+    assert "affine inliers" in describe_fusion(fusion, "auto")

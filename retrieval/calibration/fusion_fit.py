@@ -139,6 +139,33 @@ def choose_fusion(
     )
 
 
+def choose_fusion_geometry(
+    evidence: QueryEvidence,
+    inliers_by_geometry: dict[str, np.ndarray],
+    truth: np.ndarray,
+    *,
+    max_keypoints: int = MAX_KEYPOINTS,
+    target_accuracy: float = TARGET_ACCURACY,
+) -> Fusion:
+    """``choose_fusion`` for each geometric model the inliers were verified with (homography,
+    fundamental matrix, affine: ``inliers_by_geometry``, each (Q, B_max)), and the one whose
+    fused decision val scores highest out of fold (the first given wins ties)."""
+    fits = [
+        choose_fusion(
+            evidence,
+            inliers,
+            truth,
+            geometry=geometry,
+            max_keypoints=max_keypoints,
+            target_accuracy=target_accuracy,
+        )
+        for geometry, inliers in inliers_by_geometry.items()
+    ]
+    best = max(fits, key=lambda f: f.evidence["accuracy_fused"])
+    by_geometry = {f.geometry: f.evidence["accuracy_fused"] for f in fits}
+    return replace(best, evidence={**best.evidence, "geometries": by_geometry})
+
+
 def describe_fusion(fusion: Fusion, local_match: str) -> str:
     """One line for the console: what val chose and what ``--local_match`` makes of it."""
     e = fusion.evidence
@@ -146,7 +173,10 @@ def describe_fusion(fusion: Fusion, local_match: str) -> str:
         f"val decision accuracy {e['accuracy_fused']:.3f} fused vs {e['accuracy_global']:.3f} "
         f"global (+- {e['accuracy_stderr']:.3f}, {e['n_val_queries']} photos)"
     )
-    how = f"{fusion.mode} of calibrated scores over the top {fusion.shortlist} hits"
+    how = (
+        f"{fusion.mode} of calibrated scores over the top {fusion.shortlist} hits, "
+        f"{fusion.geometry} inliers"
+    )
     if local_match == "off":
         return f"local matching: off (--local_match off; {figures})"
     if fusion.helps:

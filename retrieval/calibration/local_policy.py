@@ -7,11 +7,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from retrieval.calibration.fusion_fit import SHORTLISTS, choose_fusion, describe_fusion
+from retrieval.calibration.fusion_fit import SHORTLISTS, choose_fusion_geometry, describe_fusion
 from retrieval.calibration.gallery_policy import EmbeddingGallery, val_queries
 from retrieval.data.records import ImageRecord
 from retrieval.errors import InputError
 from retrieval.local.features import LocalSettings
+from retrieval.local.matching import GEOMETRIES
 from retrieval.serving.evidence import gallery_evidence
 from retrieval.serving.fusion import MAX_KEYPOINTS, Fusion
 from retrieval.serving.local_scores import LocalQueries, LocalScorer
@@ -30,13 +31,18 @@ def choose_gallery_fusion(
     embeddings = ws.embed(known, desc="val (local matching)")
     truth = np.array([gallery.class_index(r.label) for r in known], dtype=np.int64)
     evidence, hits = gallery_evidence(gallery, embeddings, need_means=True)
-    scorer = LocalScorer(
-        ws.gallery_root, LocalSettings(max_keypoints=MAX_KEYPOINTS), progress=progress
+    settings = LocalSettings(max_keypoints=MAX_KEYPOINTS)
+    queries = LocalScorer(ws.gallery_root, settings, progress=progress).query_features(
+        [str(r.path) for r in known]
     )
-    queries = scorer.query_features([str(r.path) for r in known])
-    inliers = scorer.inliers(queries, hits.paths, max(SHORTLISTS))
+    inliers = {
+        geometry: LocalScorer(
+            ws.gallery_root, settings, geometry=geometry, progress=progress
+        ).inliers(queries, hits.paths, max(SHORTLISTS))
+        for geometry in GEOMETRIES
+    }
     target = gallery.policy_for(expand=False).target_accuracy
-    return choose_fusion(evidence, inliers, truth, target_accuracy=target)
+    return choose_fusion_geometry(evidence, inliers, truth, target_accuracy=target)
 
 
 def ensure_fusion(
