@@ -7,6 +7,7 @@ decides on identical inputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from retrieval.serving.classes import class_means, class_sizes, mean_scores
 from retrieval.serving.decide import Decision, DecisionPolicy, decide
-from retrieval.serving.fusion import fused_evidence, fused_order
+from retrieval.serving.fusion import Fusion, fused_evidence, fused_order
 from retrieval.serving.index import FlatIndex, SearchResult
 from retrieval.serving.local_scores import LocalQueries
 from retrieval.serving.rules import QueryEvidence
@@ -78,19 +79,41 @@ def decide_in_gallery(
     assert local is not None and fusion.policy is not None
     policy = fusion.policy
     evidence, hits = gallery_evidence(gallery, queries, k=k, need_means=policy.rule.needs_means)
-    scorer = local.scorer(fusion)
-    inliers = scorer.inliers(scorer.query_features(local.paths), hits.paths, fusion.shortlist)
-    scores, order = fused_order(fusion, evidence.hit_scores, inliers, evidence.hit_labels)
-    evidence = fused_evidence(evidence, scores, order)
-    decisions = decide(evidence, policy, class_names=gallery.class_names, score_name="fused score")
+    fused = rescore_locally(evidence, hits.paths, fusion, local)
+    decisions = decide(
+        fused.evidence, policy, class_names=gallery.class_names, score_name="fused score"
+    )
     matched = np.full(hits.labels.shape, -1, np.int32)
-    matched[:, : inliers.shape[1]] = inliers
+    matched[:, : fused.inliers.shape[1]] = fused.inliers
     return GalleryAnswers(
         decisions,
-        reorder_hits(hits, order),
+        reorder_hits(hits, fused.order),
         policy,
-        np.take_along_axis(matched, order, axis=1),
+        np.take_along_axis(matched, fused.order, axis=1),
     )
+
+
+class LocalRescore(NamedTuple):
+    """Global evidence re-scored by local matches: the fused evidence, the order (Q, k) int64
+    of its hits among the global ones, and the inliers (Q, B) int32 of the first B global
+    hits."""
+
+    evidence: QueryEvidence
+    order: np.ndarray
+    inliers: np.ndarray
+
+
+def rescore_locally(
+    evidence: QueryEvidence, hit_paths: Sequence[Sequence[str]], fusion: Fusion, local: LocalQueries
+) -> LocalRescore:
+    """Match each query photo with its shortlist and put every hit on the fused scale: the one
+    way a gallery search (photo search, evaluate) and the open-set simulation (a gallery with
+    individuals held out) read local matches. ``hit_paths``: per query, the gallery photo of
+    each hit of ``evidence``, best first ("" = no hit)."""
+    scorer = local.scorer(fusion)
+    inliers = scorer.inliers(scorer.query_features(local.paths), hit_paths, fusion.shortlist)
+    scores, order = fused_order(fusion, evidence.hit_scores, inliers, evidence.hit_labels)
+    return LocalRescore(fused_evidence(evidence, scores, order), order, inliers)
 
 
 def reorder_hits(hits: GalleryHits, order: np.ndarray) -> GalleryHits:
@@ -116,6 +139,21 @@ def array_evidence(
 ) -> QueryEvidence:
     """The evidence of ``queries`` (Q, D) against a gallery given as arrays: vectors (G, D)
     float32 unit rows and labels (G,) int64. Exact search (:class:`FlatIndex`)."""
+    return array_hits(queries, vectors, labels, n_classes, k=k, need_means=need_means)[0]
+
+
+def array_hits(
+    queries: np.ndarray,
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    *,
+    k: int = EVIDENCE_K,
+    need_means: bool = False,
+) -> tuple[QueryEvidence, np.ndarray]:
+    """:func:`array_evidence` with the row of ``vectors`` behind each hit, (Q, k) int64 (-1 =
+    no hit): what a caller needs to find each hit's photo (the open-set simulation's local
+    matches)."""
     index = FlatIndex(vectors.shape[1], use_gpu=False)
     index.add_with_ids(vectors, np.arange(len(labels), dtype=np.int64))
     result = index.search(queries, k)
@@ -124,4 +162,5 @@ def array_evidence(
     means = None
     if need_means:
         means = mean_scores(queries, class_means(vectors, labels, n_classes), sizes)
-    return QueryEvidence(result.scores, hit_labels.astype(np.int64), sizes, means)
+    evidence = QueryEvidence(result.scores, hit_labels.astype(np.int64), sizes, means)
+    return evidence, result.indices.astype(np.int64)
