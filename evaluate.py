@@ -118,9 +118,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _open_set(ws, prepared, queries, args: argparse.Namespace, results: Path, figures):
+    """The check on the evidence ``--local_match`` applies to plain searches (the global
+    check is chosen and stored as well)."""
+    from retrieval.calibration.local_policy import applied_fusion
     from retrieval.config import RunConfig
     from retrieval.open_set_report import format_open_set_report
-    from retrieval.open_set_run import run_open_set, save_open_set
+    from retrieval.open_set_run import describe_path, run_open_set, save_open_set
     from retrieval.report.selective import format_selective
 
     settings = {
@@ -128,10 +131,22 @@ def _open_set(ws, prepared, queries, args: argparse.Namespace, results: Path, fi
         "target_far": args.target_far,
         "seed": RunConfig.from_dict(ws.loaded.config).data.seed,
     }
-    run = run_open_set(ws, val=prepared.val, queries=queries, split=args.split, **settings)
+    fusion, _ = applied_fusion(ws, local_match=args.local_match, val=prepared.val)
+    run = run_open_set(
+        ws, val=prepared.val, queries=queries, split=args.split, fusion=fusion, **settings
+    )
+    print(describe_path(run, ws.gallery.fusion))
     print(format_open_set_report(run.report))
     print(format_selective(run.selective, run.policy))
-    return save_open_set(ws, run, split=args.split, results=results, figures=figures, **settings)
+    return save_open_set(
+        ws,
+        run,
+        split=args.split,
+        results=results,
+        figures=figures,
+        local_match=args.local_match,
+        **settings,
+    )
 
 
 def _flip_check(ws, records, split: str, results: Path) -> Path:

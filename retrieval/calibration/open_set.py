@@ -7,7 +7,9 @@ from the gallery), fit the confidence again on that mix (a new animal's answer i
 wrong), and choose ``unknown_min_confidence``: the confidence below which ``decide`` declines,
 so that at most a target share of them is accepted. From then on the confidence means
 P(right) where new animals are as common as in the simulation
-(``n_unknown / (n_known + n_unknown)``); where they are commoner, it is too high.
+(``n_unknown / (n_known + n_unknown)``); where they are commoner, it is too high. Where local
+matching decides, the mix is decided on each shortlist re-scored by local matches (the same
+function as a fused photo search) under the fusion's own policy, which gets its own check.
 
 Simulation caveat: :func:`simulate_open_set` removes whole classes from the gallery, but the model
 saw those classes in training, so their embeddings are sharper than a truly unseen animal's; the
@@ -18,6 +20,7 @@ those classes held out (drop their folders from the training data, keep them as 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,7 +36,9 @@ from retrieval.serving.decide import (
     decide_features,
     features,
 )
-from retrieval.serving.evidence import array_evidence
+from retrieval.serving.evidence import array_hits, rescore_locally
+from retrieval.serving.fusion import Fusion
+from retrieval.serving.local_scores import LocalQueries
 from retrieval.serving.rules import Rule
 
 
@@ -116,8 +121,9 @@ def simulate_open_set(
 @dataclass(frozen=True, eq=False)
 class OpenSetAnswers:
     """The product's decisions on an open-set mix: decisions (Q,), the features they were
-    made from (under ``rule``), top1_scores (Q,) float64 cosine of the nearest photo,
-    is_unknown (Q,) bool, query_labels (Q,) int64."""
+    made from (under ``rule``), top1_scores (Q,) float64 cosine of the nearest photo (the
+    global one, also where local matches decided), is_unknown (Q,) bool, query_labels (Q,)
+    int64."""
 
     decisions: list[Decision]
     features: Features
@@ -143,17 +149,35 @@ class OpenSetAnswers:
         return (predicted == self.query_labels) & ~self.is_unknown
 
 
-def open_set_answers(data: OpenSetData, policy: DecisionPolicy, n_classes: int) -> OpenSetAnswers:
-    """Decide every query against the reduced gallery with ``policy``, as ``search.py`` would."""
-    evidence = array_evidence(
+@dataclass(frozen=True)
+class LocalMix:
+    """What lets local matches re-score the open-set mix as a fused photo search would: the
+    gallery's fusion, the query photos (one per query row of the mix), and the photo of each
+    row of the full gallery given to :func:`simulate_open_set`."""
+
+    fusion: Fusion
+    queries: LocalQueries
+    gallery_paths: Sequence[str]
+
+
+def open_set_answers(
+    data: OpenSetData, policy: DecisionPolicy, n_classes: int, *, local: LocalMix | None = None
+) -> OpenSetAnswers:
+    """Decide every query against the reduced gallery with ``policy``, as ``search.py`` would;
+    with ``local``, on each shortlist re-scored by local matches (``policy``: the fusion's)."""
+    evidence, rows = array_hits(
         data.query_embeddings,
         data.gallery_embeddings,
         data.gallery_labels,
         n_classes,
         need_means=policy.rule.needs_means,
     )
-    f = features(policy.rule, evidence)
     top1 = np.where(evidence.hit_labels[:, 0] >= 0, evidence.hit_scores[:, 0], -1.0)
+    if local is not None:
+        kept = [p for p, keep in zip(local.gallery_paths, data.gallery_kept, strict=True) if keep]
+        hit_paths = [[kept[r] if r >= 0 else "" for r in row] for row in rows]
+        evidence = rescore_locally(evidence, hit_paths, local.fusion, local.queries).evidence
+    f = features(policy.rule, evidence)
     return OpenSetAnswers(
         decide_features(f, policy),
         f,
