@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from retrieval.calibration.gallery_policy import (
     set_gallery_policy,
     val_queries,
 )
+from retrieval.calibration.local_policy import fusion_still_fits
 from retrieval.config import RunConfig
 from retrieval.data.prepare import PreparedData, prepare_data
 from retrieval.data.records import ImageRecord, labels_of
@@ -44,6 +45,9 @@ class Workspace:
     tta: str
     batch_size: int
     run: Path | None = None  # the run folder whose gallery this is; None: the current run
+    # vectors already computed, by (path, size, mtime): the val photos, embedded again each
+    # time an enrolment re-chooses the policy, cost nothing the second time
+    _vectors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def gallery_root(self) -> Path:
@@ -52,10 +56,16 @@ class Workspace:
     def embed(
         self, records, *, desc: str = "embedding", progress: bool = True, timer=None
     ) -> np.ndarray:
-        """Embed records exactly as the gallery was embedded: (N, D) float32 unit rows."""
-        return extract_embeddings(
+        """Embed records exactly as the gallery was embedded: (N, D) float32 unit rows.
+        Photos this workspace embedded before (same file, unchanged) are not embedded again,
+        except under a ``timer`` (a measurement of the embedding itself)."""
+        keys = [None if timer else _file_key(r.path) for r in records]
+        todo = [r for r, key in zip(records, keys, strict=True) if key not in self._vectors]
+        if not todo and records:
+            return np.stack([self._vectors[k] for k in keys])
+        vectors = extract_embeddings(
             self.loaded.model,
-            records,
+            todo,
             transform=build_eval_transform(self.loaded.image_size),
             plan=self.plan,
             batch_size=self.batch_size,
@@ -64,6 +74,22 @@ class Workspace:
             desc=desc,
             timer=timer,
         )
+        if len(todo) == len(records):
+            self._vectors.update((k, v.copy()) for k, v in zip(keys, vectors, strict=True) if k)
+            return vectors
+        fresh = iter(vectors)
+        rows = [self._vectors[k] if k in self._vectors else next(fresh) for k in keys]
+        self._vectors.update((k, v) for k, v in zip(keys, rows, strict=True) if k)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+
+def _file_key(path: Path) -> tuple | None:
+    """What identifies a photo's pixels cheaply: path, size and modification time."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return str(path), stat.st_size, stat.st_mtime_ns
 
 
 def inference_plan(device: str = "auto") -> RuntimePlan:
@@ -209,8 +235,8 @@ def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = N
         target_accuracy=target,
     )
     rule = ws.gallery.policy_for(expand=False).rule.describe()
-    if ws.gallery.fusion is not None:  # fitted on the old gallery: chosen again on next use
-        ws.gallery.fusion = None
+    if ws.gallery.fusion is not None and not fusion_still_fits(ws.gallery.fusion, ws.gallery):
+        ws.gallery.fusion = None  # chosen again on val at the next search
         note += "; local matching is calibrated again on val at the next search"
     return f"decision policy: {rule}, chosen again on val ({why}){note}"
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -15,9 +16,11 @@ from retrieval.local.features import LocalSettings
 from retrieval.local.matching import GEOMETRIES
 from retrieval.serving.evidence import gallery_evidence
 from retrieval.serving.fusion import MAX_KEYPOINTS, Fusion
+from retrieval.serving.gallery import Gallery
 from retrieval.serving.local_scores import LocalQueries, LocalScorer
 
 LOCAL_MODES = ("auto", "on", "off")
+REFIT_SHARE = 0.1  # a gallery changed by more than this share gets its fusion fitted again
 
 
 def choose_gallery_fusion(
@@ -42,7 +45,17 @@ def choose_gallery_fusion(
         for geometry in GEOMETRIES
     }
     target = gallery.policy_for(expand=False).target_accuracy
-    return choose_fusion_geometry(evidence, inliers, truth, target_accuracy=target)
+    fusion = choose_fusion_geometry(evidence, inliers, truth, target_accuracy=target)
+    return replace(fusion, evidence={**fusion.evidence, "gallery_items": gallery.size})
+
+
+def fusion_still_fits(fusion: Fusion, gallery: Gallery) -> bool:
+    """Whether a fusion fitted on val still serves the gallery after enrolments or removals:
+    its curves map a cosine and an inlier count to P(same), which a few photos more or less
+    hardly move, so it is fitted again only once the gallery has changed by more than
+    ``REFIT_SHARE`` of its size (a review session then pays for one fit, not one a photo)."""
+    fitted = fusion.evidence.get("gallery_items")
+    return bool(fitted) and abs(gallery.size - fitted) <= REFIT_SHARE * fitted
 
 
 def ensure_fusion(
