@@ -98,3 +98,43 @@ def read_json(path: Path, *, fix: str = "delete it to have it rebuilt") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON ({e}); {fix}") from None
+
+
+def read_json_lines(path: Path) -> list[Any]:
+    """The entries of an append-only JSON-lines log, oldest first ([] when there is none yet).
+    A torn line (a writer killed mid-append) was never confirmed, and is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def append_json_line(path: Path, entry: Any) -> None:
+    """Append ``entry`` as one line, flushed and fsync'd (the folder too when the log is new),
+    so it is confirmed once this returns. After a torn line the entry starts a line of its own."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell():
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+            handle.seek(0, os.SEEK_END)
+            if torn:
+                handle.write(b"\n")
+        handle.write(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    if new and os.name == "posix":
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -26,7 +26,7 @@ ENROLL_A = {"event": "enroll", "photos": [["/a.jpg", "a"]]}
 ENROLL_B = {"event": "enroll", "photos": [["/b.jpg", "b"]]}
 
 
-def test_a_torn_last_line_is_ignored_and_overwritten(tmp_path):
+def test_a_torn_last_line_is_skipped_and_the_next_entry_starts_its_own(tmp_path):
     assert append_entry(tmp_path, ENROLL_A) == 1
     with journal_path(tmp_path).open("a") as f:
         f.write('{"event": "enr')  # killed mid-append: never confirmed

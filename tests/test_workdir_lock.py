@@ -8,6 +8,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +79,11 @@ with workdir_lock(Path(sys.argv[1]), "train.py --fresh"):
 """
 
 
-def test_the_lock_of_a_killed_holder_is_free_again(tmp_path: Path) -> None:
+@contextmanager
+def held_elsewhere(workdir: Path) -> Iterator[subprocess.Popen]:
+    """Another process holds ``workdir``'s lock for the body, and is then killed (-9)."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        [sys.executable, "-c", HOLDER, str(workdir)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
@@ -87,12 +91,17 @@ def test_the_lock_of_a_killed_holder_is_free_again(tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        expected = re.escape(refusal(tmp_path, holder.pid, "train.py --fresh"))
-        with pytest.raises(InputError, match=expected), workdir_lock(tmp_path, "search.py"):
-            pass
+        yield holder
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
+
+
+def test_the_lock_of_a_killed_holder_is_free_again(tmp_path: Path) -> None:
+    with held_elsewhere(tmp_path) as holder:
+        expected = re.escape(refusal(tmp_path, holder.pid, "train.py --fresh"))
+        with pytest.raises(InputError, match=expected), workdir_lock(tmp_path, "search.py"):
+            pass
     with workdir_lock(tmp_path, "search.py"):
         pass
 
@@ -108,20 +117,9 @@ def test_a_reader_does_not_save_over_a_writer(tmp_path: Path) -> None:
         fingerprint="f",
     )
     root = tmp_path / "gallery"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held_elsewhere(tmp_path):
         assert not gallery.save_if_free(root, tmp_path)
         assert not gallery_versions(root)
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(timeout=30)
     assert gallery.save_if_free(root, tmp_path)
     with workdir_lock(tmp_path, "search.py --enroll new/"):  # this process is the writer
         assert gallery.save_if_free(root, tmp_path)

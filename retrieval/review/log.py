@@ -16,9 +16,9 @@ gives it. An undo: ``{"action": "undo",
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
+
+from retrieval.io import append_json_line, read_json_lines
 
 LOG = Path("review") / "corrections.jsonl"  # under the workdir
 ACTIONS = ("confirm", "choose", "new", "unusable")
@@ -31,42 +31,12 @@ def log_path(workdir: Path) -> Path:
 
 def read_log(workdir: Path) -> list[dict]:
     """Every confirmed entry, oldest first ([] before the first action)."""
-    path = log_path(workdir)
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:  # a kill mid-append: never confirmed
-            continue
-    return entries
+    return read_json_lines(log_path(workdir))
 
 
 def append_entry(workdir: Path, entry: dict) -> None:
-    """Append ``entry`` as one line, flushed and fsync'd (the folder too, when the log is new)."""
-    path = log_path(workdir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("ab") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() and not _ends_with_newline(path):
-            handle.write(b"\n")  # a torn line stays torn; the new entry starts a line of its own
-        handle.write(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    if new and os.name == "posix":
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) == b"\n"
+    """Append ``entry`` as one line, flushed and fsync'd (``retrieval.io.append_json_line``)."""
+    append_json_line(log_path(workdir), entry)
 
 
 def in_effect(entries: list[dict]) -> dict[str, dict]:

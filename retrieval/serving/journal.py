@@ -16,10 +16,9 @@ Entries: ``{"event": "enroll", "photos": [[path, label], ...]}``, ``{"event": "r
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from retrieval.io import append_json_line, read_json_lines
 from retrieval.serving.gallery import now
 
 JOURNAL = "enrolments.jsonl"
@@ -31,31 +30,13 @@ def journal_path(workdir: Path) -> Path:
 
 def read_entries(workdir: Path) -> list[dict]:
     """The confirmed entries, oldest first ([] when nothing was ever enrolled)."""
-    path = journal_path(workdir)
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:  # a kill mid-append: that entry was never confirmed
-            break
-    return entries
+    return read_json_lines(journal_path(workdir))
 
 
 def append_entry(workdir: Path, entry: dict) -> int:
     """Append ``entry`` (stamped with the time) durably; returns the journal's length after it."""
-    path = journal_path(workdir)
-    entries = read_entries(workdir)
-    line = json.dumps({**entry, "time": now()}) + "\n"
-    with open(path, "a+b") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() and _torn_tail(path):
-            f.truncate(_confirmed_bytes(path))  # drop a torn line so the new one parses
-        f.write(line.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-    return len(entries) + 1
+    append_json_line(journal_path(workdir), {**entry, "time": now()})
+    return len(read_entries(workdir))
 
 
 def effective(entries: list[dict]) -> list[dict]:
@@ -77,12 +58,3 @@ def pending(entries: list[dict], applied: int) -> list[dict] | None:
     if wanted[: len(held)] != held:
         return None
     return wanted[len(held) :]
-
-
-def _confirmed_bytes(path: Path) -> int:
-    data = path.read_bytes()
-    return data.rfind(b"\n") + 1
-
-
-def _torn_tail(path: Path) -> bool:
-    return not path.read_bytes().endswith(b"\n")
