@@ -10,6 +10,7 @@ intact or the killed change fully applied (never half), and nothing confirmed ma
 from __future__ import annotations
 
 import filecmp
+import os
 import shutil
 from pathlib import Path
 
@@ -41,7 +42,10 @@ from retrieval.run_folder import checkpoints_dir, current_run, training_run
 from retrieval.serving.gallery import Gallery
 from retrieval.training.run_files import remove_killed_saves
 
-pytestmark = pytest.mark.faults
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="the fault runner forks (POSIX only)"),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_EPOCHS, EPOCHS = 1, 2  # the trained workdir, and the killed run that continues it
