@@ -52,13 +52,13 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     stale = []
     for path in sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []:
         match = _TEMP_NAME.match(path.name)
-        if match and path.is_file() and not _process_alive(int(match.group(1))):
+        if match and path.is_file() and not process_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             stale.append(path)
     return stale
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs; where that cannot be asked safely (Windows) assume it does."""
     if pid == os.getpid() or os.name != "posix":
         return True

@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from retrieval.errors import InputError
+from retrieval.io import process_alive
 
 try:
     import fcntl
@@ -27,6 +29,7 @@ except ImportError:  # Windows
     fcntl = None
 
 LOCK_NAME = ".lock"
+ORPHAN_WAIT_S = 30.0  # how long a dead holder's forked workers may keep the lock
 _held: set[Path] = set()  # workdirs whose lock this process holds
 
 
@@ -81,10 +84,7 @@ def may_write(workdir: Path) -> Iterator[bool]:
 def _take_flock(path: Path, holder: str) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _in_use(path, os.pread(fd, 4096, 0).decode(errors="replace")) from None
+        _flock_or_refuse(fd, path)
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
         try:
@@ -93,6 +93,24 @@ def _take_flock(path: Path, holder: str) -> Iterator[None]:
             os.ftruncate(fd, 0)  # the file stays: unlinking a flock file races a new holder
     finally:
         os.close(fd)  # releases the lock
+
+
+def _flock_or_refuse(fd: int, path: Path) -> None:
+    """Take the lock, or ``InputError`` naming the holder. A holder that is dead (``kill -9``)
+    can leave the lock to the worker processes it forked (a DataLoader's), which share its
+    open file and exit within seconds once their parent is gone: wait for them, a while."""
+    deadline = time.monotonic() + ORPHAN_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace")
+            pid = holder.strip().partition("\n")[0]
+            orphaned = pid.isdigit() and not process_alive(int(pid))
+            if not orphaned or time.monotonic() > deadline:
+                raise _in_use(path, holder) from None
+            time.sleep(0.2)
 
 
 @contextmanager

@@ -28,9 +28,14 @@ from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_dev
 from retrieval.embed import extract_embeddings
 from retrieval.errors import InputError
 from retrieval.inference import LoadedModel, load_inference_model
-from retrieval.run_folder import current_run
+from retrieval.run_folder import checkpoints_dir, current_run
 from retrieval.serving.decide import TARGET_ACCURACY
-from retrieval.serving.gallery import GALLERY_FOLDER, Gallery, gallery_exists
+from retrieval.serving.gallery import (
+    GALLERY_FOLDER,
+    Gallery,
+    gallery_exists,
+    stored_fingerprint,
+)
 from retrieval.serving.journal import journal_path
 from retrieval.serving.replay import catch_up, seed_journal
 from retrieval.workdir_lock import may_write
@@ -157,8 +162,8 @@ def build_gallery(
         return extract_embeddings(loaded.model, records, desc=desc, **common)
 
     replayed = catch_up(gallery, workdir, embed, min_size=_min_size(loaded))
-    if replayed is not None and replayed.entries:
-        print(replayed.describe(journal_path(workdir)), flush=True)
+    if replayed is not None and replayed.entries:  # on stderr: --format json stays clean
+        print(replayed.describe(journal_path(workdir)), file=sys.stderr, flush=True)
     choose_policy_on_val(
         gallery, prepared.val, embed, why="gallery built", target_accuracy=target_accuracy
     )
@@ -219,6 +224,26 @@ def _catch_up(ws: Workspace) -> None:
         gallery.save_if_free(ws.gallery_root, ws.workdir)
 
 
+def _stale_for_its_run(
+    root: Path, loaded: LoadedModel, tta: str, checkpoint: Path, run: Path
+) -> bool:
+    """Whether the run's own best model is newer than the gallery its run built: training
+    stopped (Ctrl-C, kill) between saving a better model and indexing with it. The gallery is
+    then rebuilt for it (the journal replays every enrolment), not refused; a gallery meant for
+    another ``--checkpoint`` is still refused."""
+    own = checkpoints_dir(run) / "best_model.pt"
+    if Path(checkpoint).resolve() != own.resolve():
+        return False
+    if stored_fingerprint(root) == gallery_fingerprint(loaded, tta):
+        return False
+    print(
+        f"note: {own} is newer than the gallery in {root} (training stopped before it indexed "
+        "with it); rebuilding the gallery for it, enrolments included",
+        file=sys.stderr,
+    )
+    return True
+
+
 def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = None) -> str:
     """Choose the policy again on val after the gallery changed (enrol, remove, old format);
     returns a line saying what happened. A data folder that moved keeps the old policy."""
@@ -263,6 +288,8 @@ def open_workspace(
     loaded = load_inference_model(checkpoint, plan)
     run = run or current_run(workdir)
     root = gallery_root(run, tta)
+    if gallery_exists(root) and not rebuild:
+        rebuild = _stale_for_its_run(root, loaded, tta, checkpoint, run)
     if gallery_exists(root) and not rebuild:
         gallery = Gallery.load(root, expected_fingerprint=gallery_fingerprint(loaded, tta))
         ws = Workspace(workdir, plan, loaded, gallery, tta, batch_size, run)

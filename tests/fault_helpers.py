@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 from fault_runner import phases_of
 
 import search
@@ -173,65 +172,23 @@ def which_state(found, states: list, confirmed: int, point: str) -> int:
     return index
 
 
-# Bugs these tests found in code others are changing: (what the failing command prints, a
-# line on the bug). Each is xfailed, with its kill point, once every other check has passed.
-KNOWN_BUGS = {
-    # A run stopped between saving a new best_model.pt and saving the gallery rebuilt for it
-    # leaves the old model's gallery beside it; Ctrl-C does the same.
-    "stale gallery": (
-        "was built with another checkpoint",
-        "search refuses until --rebuild_gallery or a resumed train.py (issue 38 item 3, "
-        "retrieval/training/run.py)",
-    ),
-    # A gallery save killed before its meta.json leaves a version folder without one.
-    "half version": (
-        "meta.json'",  # "[Errno 2] No such file or directory: '.../meta.json'"
-        "search.py --gallery_versions fails on the version folder without meta.json instead of "
-        "listing it as unreadable (retrieval/serving/versions.py)",
-    ),
-}
-
-
-class KnownBugs:
-    """The known bugs one test ran into, reported as an xfail at its end."""
-
-    def __init__(self, where: str) -> None:
-        self.where, self.seen = where, []
-
-    def check(self, name: str, rc: int, err: str) -> bool:
-        """Whether exit ``rc`` with ``err`` is the known bug ``name`` (then it is noted)."""
-        if rc == 2 and KNOWN_BUGS[name][0] in err:
-            self.seen.append(name)
-            return True
-        return False
-
-    def report(self) -> None:
-        if self.seen:
-            bugs = "; ".join(f"{n}: {KNOWN_BUGS[n][1]}" for n in dict.fromkeys(self.seen))
-            pytest.xfail(f"{self.where}: known bug(s): {bugs}")
-
-
-def search_works(capsys, photo: Path, workdir: Path, known: KnownBugs, *, stale_ok=False):
+def search_works(capsys, photo: Path, workdir: Path, where: str):
     """Search one photo in ``workdir`` as a user would (local matching off: its keypoint
-    calibration costs seconds and is not what is tested): its JSON answer, or None where
-    (``stale_ok``) it refused the stale gallery of the known bug."""
+    calibration costs seconds and is not what is tested): its JSON answer."""
     capsys.readouterr()
     flags = ["--format", "json", "--device", "cpu", "--local_match", "off"]  # no keypoints
     rc = search.main([str(photo), "--workdir", str(workdir), *flags])
     out, err = capsys.readouterr()
-    if stale_ok and known.check("stale gallery", rc, err):
-        return None
-    assert rc in (0, 1), f"{known.where}: search.py fails on the workdir (exit {rc}): {err[-1500:]}"
+    assert rc in (0, 1), f"{where}: search.py fails on the workdir (exit {rc}): {err[-1500:]}"
     return json.loads(out)
 
 
-def versions_listed(capsys, workdir: Path, known: KnownBugs) -> None:
+def versions_listed(capsys, workdir: Path, where: str) -> None:
     """``search.py --gallery_versions`` lists the versions a user could go back to."""
     capsys.readouterr()
     rc = search.main(["--gallery_versions", "--workdir", str(workdir)])
     err = capsys.readouterr().err
-    if not known.check("half version", rc, err):
-        assert rc == 0, f"{known.where}: search.py --gallery_versions fails: {err[-1500:]}"
+    assert rc == 0, f"{where}: search.py --gallery_versions fails: {err[-1500:]}"
 
 
 def wait_until_unlocked(workdir: Path, timeout_s: float = 60.0) -> None:

@@ -20,7 +20,6 @@ from fault_helpers import (
     KILLS,
     FaultServer,
     KillSet,
-    KnownBugs,
     Plan,
     confirmations,
     dry_run,
@@ -131,7 +130,7 @@ def finish_training(capsys, base, workdir: Path, where: str, *, epochs: int) -> 
     assert ckpt.load_checkpoint(checkpoints / ckpt.LATEST)["progress"]["next_epoch"] == epochs
     rows = (checkpoints / "train_log.csv").read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in rows] == [str(e) for e in range(1, epochs + 1)], where
-    search_works(capsys, base["photo"], workdir, KnownBugs(where))
+    search_works(capsys, base["photo"], workdir, where)
     assert not list(workdir.rglob("*.tmp")), f"{where}: temporary files survive a resumed run"
 
 
@@ -141,9 +140,7 @@ def test_kill_during_training(server, base, train_plans, tmp_path, capsys, k):
     workdir whose saved epochs are all still there (``latest_model.pt`` at or past the last
     epoch whose save returned), whose best model loads, where a photo search answers, and
     which a resumed ``train.py`` finishes. A kill between the new ``best_model.pt`` and its
-    gallery is a known bug (``KNOWN_BUGS``: search refuses the stale gallery until train.py
-    resumes): xfailed once every other check has passed, so the count shows in each run's
-    summary."""
+    gallery leaves a gallery older than the run's best model: the search rebuilds it."""
     workdir, where, saved = kill_training(
         server, base, train_plans[False], tmp_path, k, fresh=False
     )
@@ -151,10 +148,8 @@ def test_kill_during_training(server, base, train_plans, tmp_path, capsys, k):
     latest = ckpt.load_checkpoint(checkpoints / ckpt.LATEST)
     assert latest["progress"]["next_epoch"] >= max([BASE_EPOCHS, *saved]), f"{where}: epoch lost"
     ckpt.load_checkpoint(checkpoints / ckpt.BEST)
-    known = KnownBugs(where)
-    search_works(capsys, base["photo"], workdir, known, stale_ok=True)
+    search_works(capsys, base["photo"], workdir, where)
     finish_training(capsys, base, workdir, where, epochs=EPOCHS)
-    known.report()
 
 
 @pytest.mark.parametrize("k", range(len(TRAIN_KILLS.ids)), ids=TRAIN_KILLS.ids)
@@ -172,7 +167,7 @@ def test_kill_during_fresh_training(server, base, train_plans, tmp_path, capsys,
         assert filecmp.cmp(workdir / best, base["workdir"] / best, shallow=False), where
         gallery = Gallery.load(workdir / "gallery")
         assert live_items(gallery) == live_items(Gallery.load(base["workdir"] / "gallery"))
-    search_works(capsys, base["photo"], workdir, KnownBugs(where))
+    search_works(capsys, base["photo"], workdir, where)
     finish_training(capsys, base, workdir, where, epochs=BASE_EPOCHS)
 
 
@@ -224,9 +219,8 @@ def test_kill_during_enrolment(server, base, enrol_plan, tmp_path, capsys, k):
     states = enrol_states(base)
     gallery_dir = workdir / "gallery"
     saved = which_state(live_items(Gallery.load(gallery_dir)), states, confirmed, where)
-    known = KnownBugs(where)
-    versions_listed(capsys, workdir, known)
-    search_works(capsys, base["teal"] / "teal" / "teal-g0_1.jpg", workdir, known)
+    versions_listed(capsys, workdir, where)
+    search_works(capsys, base["teal"] / "teal" / "teal-g0_1.jpg", workdir, where)
     opened = which_state(live_items(Gallery.load(gallery_dir)), states, confirmed, where)
     assert opened >= saved, f"{where}: opening the workdir undid a change"
     for argv in runs[opened:]:
@@ -234,7 +228,6 @@ def test_kill_during_enrolment(server, base, enrol_plan, tmp_path, capsys, k):
     assert live_items(Gallery.load(gallery_dir)) == states[-1], where
     remove_killed_saves(workdir)
     assert not list(gallery_dir.rglob("*.tmp")), f"{where}: a temporary file is not cleared"
-    known.report()
 
 
 # ------------------------------------------------------------------------- gallery saves
@@ -272,9 +265,8 @@ def test_kill_during_gallery_save(server, base, save_plan, save_states, tmp_path
     confirmed = len(confirmations(tmp_path))
     gallery = Gallery.load(root)
     done = which_state(signature(gallery), save_states, confirmed, where)
-    known = KnownBugs(where)
-    versions_listed(capsys, workdir, known)
-    search_works(capsys, base["photo"], workdir, known)
+    versions_listed(capsys, workdir, where)
+    search_works(capsys, base["photo"], workdir, where)
     gallery = Gallery.load(root)  # the search may have saved its calibration
     for step in range(done + 1, len(save_states)):
         mutate_gallery(gallery, step, seed=0)
@@ -282,16 +274,9 @@ def test_kill_during_gallery_save(server, base, save_plan, save_states, tmp_path
     assert signature(Gallery.load(root)) == save_states[-1], where
     remove_killed_saves(workdir)
     assert not list(root.rglob("*.tmp")), f"{where}: a temporary file is not cleared"
-    known.report()
 
 
 # ------------------------------------------------------------------------ the writer lock
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (issue 38 item 4, retrieval/workdir_lock.py): the flock is shared with "
-    "the DataLoader workers a writer forks, so after kill -9 of the writer they hold the "
-    "workdir for seconds more and the next writer is refused, naming a dead pid",
-)
 def test_a_writer_killed_while_embedding_leaves_the_workdir_free(server, base, tmp_path):
     """``search.py --enroll`` killed once its embedding DataLoader has delivered a batch (its
     worker processes alive): enrolling again at once must not be refused as 'in use'."""

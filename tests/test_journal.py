@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CLASS_COLOURS, TINY_TRAIN_ARGS, make_image, train_tiny
 
 import search
 import train
+from retrieval import checkpoint as ckpt
 from retrieval.serving.gallery import Gallery, gallery_versions
 from retrieval.serving.journal import (
     append_entry,
@@ -81,8 +83,8 @@ def test_rebuild_and_retraining_replay_enrolments_and_removals(trained, workdir,
     capsys.readouterr()
 
     assert search.main(["--rebuild_gallery", *wd]) == 0
-    out = capsys.readouterr().out
-    assert "replayed 2 enrolment change(s)" in out and "3 photo(s) enrolled" in out
+    err = capsys.readouterr().err
+    assert "replayed 2 enrolment change(s)" in err and "3 photo(s) enrolled" in err
     rebuilt = Gallery.load(workdir / "gallery")
     assert rebuilt.live_classes() == before.live_classes()
     assert rebuilt.live_paths() == before.live_paths()
@@ -90,7 +92,7 @@ def test_rebuild_and_retraining_replay_enrolments_and_removals(trained, workdir,
     # a longer training run rebuilds the gallery with its best model: nothing is lost
     argv = ["--data", str(data), "--workdir", str(workdir), "--epochs", "4"]
     assert train.main([*argv, "--warmup_epochs", "1", *TINY_TRAIN_ARGS]) == 0
-    assert "replayed 2 enrolment change(s)" in capsys.readouterr().out
+    assert "replayed 2 enrolment change(s)" in capsys.readouterr().err
     assert Gallery.load(workdir / "gallery").live_paths() == before.live_paths()
 
 
@@ -102,8 +104,8 @@ def test_an_unreadable_enrolled_photo_is_reported_not_dropped(workdir, tmp_path,
     lost.unlink()
     capsys.readouterr()
     assert search.main(["--rebuild_gallery", *wd]) == 0
-    out = capsys.readouterr().out
-    assert "1 enrolled photo(s) cannot be read now" in out and str(lost) in out
+    err = capsys.readouterr().err
+    assert "1 enrolled photo(s) cannot be read now" in err and str(lost) in err
     assert "violet" in _classes(workdir)
     assert read_entries(workdir)[0]["photos"][0][0] == str(lost)  # kept for a later rebuild
 
@@ -162,3 +164,40 @@ def test_enrolments_made_before_the_journal_are_seeded_from_the_gallery(workdir,
         before.live_paths() - Gallery.load(workdir / "gallery").live_paths()
     )
     assert _classes(workdir) == before.live_classes() - {"violet"}
+
+
+def test_a_killed_save_is_no_version_and_the_next_save_removes_it(workdir, tmp_path, capsys):
+    root = workdir / "gallery"
+    half = root / "v00000000-000000-000000000"  # sorts first: a save killed before meta.json
+    half.mkdir()
+    (half / "index.faiss").write_bytes(b"half a file")
+    assert half.name not in gallery_versions(root)
+    assert search.main(["--gallery_versions", "--workdir", str(workdir)]) == 0
+    assert half.name not in capsys.readouterr().out
+    wd = ["--workdir", str(workdir)]
+    assert search.main(["--enroll", str(_newcomer(tmp_path / "new")), *wd]) == 0
+    assert not half.exists()
+
+
+def test_a_best_model_newer_than_its_gallery_gets_the_gallery_rebuilt(workdir, tmp_path, capsys):
+    """Training stopped between saving a better model and indexing with it: the first search
+    rebuilds the gallery for the run's own best model (enrolments replayed), where a gallery
+    for another --checkpoint is refused (tests/test_enroll.py)."""
+    wd = ["--workdir", str(workdir)]
+    assert search.main(["--enroll", str(_newcomer(tmp_path / "new")), *wd]) == 0
+    best = workdir / "checkpoints" / "best_model.pt"
+    state = ckpt.load_checkpoint(best)
+    with torch.no_grad():
+        state["model"]["neck.weight"] += 0.01
+    state["model_hash"] = ckpt.weights_hash(state["model"])
+    ckpt.save_atomic(state, best)
+    before = Gallery.load(workdir / "gallery")
+    photo = str(sorted((tmp_path / "new" / "violet").glob("*.jpg"))[0])
+    capsys.readouterr()
+    assert search.main([photo, *wd, "--format", "json", "--local_match", "off"]) in (0, 1)
+    captured = capsys.readouterr()
+    assert "is newer than the gallery" in captured.err
+    assert json.loads(captured.out)[0]["matches"][0]["class"] == "violet"
+    rebuilt = Gallery.load(workdir / "gallery")
+    assert rebuilt.fingerprint != before.fingerprint
+    assert rebuilt.live_paths() == before.live_paths()

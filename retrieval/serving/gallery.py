@@ -311,11 +311,22 @@ def gallery_exists(root: Path) -> bool:
 
 
 def gallery_versions(root: Path) -> list[str]:
-    """The version folders on disk, oldest first (their names sort by the time of the save)."""
+    """The whole version folders on disk, oldest first (their names sort by the time of the
+    save). A folder without ``meta.json``, written last, is a save that was killed: it was never
+    a gallery, and is left out (the next save removes it)."""
+    return [name for name in _version_folders(root) if (Path(root) / name / "meta.json").is_file()]
+
+
+def _version_folders(root: Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
     return sorted(c.name for c in root.iterdir() if c.is_dir() and c.name.startswith("v"))
+
+
+def stored_fingerprint(root: Path) -> str:
+    """The fingerprint of the model that embedded the current gallery (its meta file only)."""
+    return read_json(Path(root) / current_version(root) / "meta.json")["fingerprint"]
 
 
 def current_version(root: Path) -> str | None:
@@ -324,8 +335,13 @@ def current_version(root: Path) -> str | None:
 
 
 def _remove_old_versions(root: Path, *, keep: int, current: str) -> None:
-    """Delete all but the newest ``keep`` versions; the current one always stays."""
-    versions = [v for v in gallery_versions(root) if v != current]
+    """Delete all but the newest ``keep`` versions, and what killed saves left; the current
+    one always stays. Only a writer saves (the workdir lock), so no other save is under way."""
+    whole = set(gallery_versions(root))
+    for name in _version_folders(root):
+        if name not in whole and name != current:
+            shutil.rmtree(root / name, ignore_errors=True)
+    versions = [v for v in sorted(whole) if v != current]
     for name in versions[: max(0, len(versions) - (keep - 1))]:
         shutil.rmtree(root / name, ignore_errors=True)
 
