@@ -112,6 +112,7 @@ def evaluate_split(
         "query_paths": [str(r.path) for r in known],
         "top_paths": [row[:5] for row in hits.paths],
         "top_labels": hits.labels[:, :5],
+        "top_inliers": None if inliers is None else inliers[:, :5],
     }
     return report, arrays
 

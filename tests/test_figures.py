@@ -204,3 +204,17 @@ def test_no_pyplot_and_no_torch(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_grid_marks_each_match_with_its_inliers(tmp_path: Path) -> None:
+    """Where local matching re-scored the matches, each tile's caption gains its count of
+    verified keypoint matches (drawn in the frame's colour); -1 (not matched) adds nothing."""
+    inputs = make_inputs(tmp_path, n_queries=4)
+    counts = np.full(inputs["top_labels"].shape, 42)
+    counts[:, 3:] = -1
+    save_figures(tmp_path / "plain", **inputs, max_grid_rows=3)
+    save_figures(tmp_path / "marked", **inputs, top_inliers=counts, max_grid_rows=3)
+    grid = "val_retrieval_grid.png"
+    assert pixels_near(tmp_path / "marked" / grid, MATCH_COLOUR) > pixels_near(
+        tmp_path / "plain" / grid, MATCH_COLOUR
+    )

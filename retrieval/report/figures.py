@@ -213,6 +213,7 @@ def save_figures(
     top_labels: np.ndarray,
     confusion_pairs: list[tuple[str, str, int]],
     image_loader: Callable[[Path], Image.Image],
+    top_inliers: np.ndarray | None = None,
     max_grid_rows: int = 8,
     seed: int = 0,
     progress: bool = False,
@@ -221,7 +222,9 @@ def save_figures(
 
     query_embeddings: (Q, D) float32, L2-normalised; query_labels: (Q,) int class indices;
     top_labels: (Q, K) int class indices of each query's ranked gallery matches, -1 = empty,
-    with ``top_paths[i]`` the matching image paths; per_class_ap: class index -> AP.
+    with ``top_paths[i]`` the matching image paths; per_class_ap: class index -> AP;
+    top_inliers: (Q, K) int verified keypoint matches beside them (-1 = not matched), or None
+    where local matching did not run.
     ``image_loader`` is ``retrieval.data.images.load_rgb`` in the project; a tile whose image
     it cannot load becomes a grey "missing" placeholder. The t-SNE map is skipped (not in
     the returned list) when Q < 5; ``seed`` fixes its subsample and the grid's query pick.
@@ -273,6 +276,7 @@ def save_figures(
             query_paths=query_paths,
             top_paths=top_paths,
             top_labels=top_labels,
+            top_inliers=top_inliers,
             image_loader=image_loader,
         ),
         partial(_confusion_chart, out_dir / name.format("confusion_pairs"), pairs=confusion_pairs),

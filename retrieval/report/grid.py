@@ -92,8 +92,10 @@ def retrieval_grid(
     top_paths: Sequence[Sequence[str]],
     top_labels: np.ndarray,
     image_loader: Callable[[Path], Image.Image],
+    top_inliers: np.ndarray | None = None,
 ) -> Path:
-    """One row per picked query: the query, then its top-5 framed green (same class) or red.
+    """One row per picked query: the query, then its top-5 framed green (same class) or red,
+    each with its verified keypoint matches where local matching re-scored them.
 
     The tiles are painted into one pixel mosaic placed 1:1 on the figure, with the texts in
     one invisible axes: 48 matplotlib axes would take seconds to lay out and draw.
@@ -122,7 +124,10 @@ def retrieval_grid(
                 continue
             colour = MATCH_COLOUR if label == truth else MISMATCH_COLOUR
             _paint_cell(canvas, ax, r, 1 + k, _thumbnail(top_paths[q][k], image_loader), colour)
-            texts.append((f"#{k + 1} {short_label(class_names[label], 24)}", colour))
+            text = f"#{k + 1} {short_label(class_names[label], 24)}"
+            if top_inliers is not None and top_inliers[q, k] >= 0:
+                text += f"\n{int(top_inliers[q, k])} inliers"
+            texts.append((text, colour))
         for col, (text, colour) in enumerate(texts):
             x, y = _cell_origin(r, col)
             ax.text(x + _BOX_PX / 2, y - 4, text, ha="center", va="bottom", size=8, color=colour)
