@@ -4,7 +4,8 @@ Two writers in one workdir (two ``train.py``, or an ``--enroll`` during training
 the same checkpoints and gallery. The lock is an ``fcntl.flock`` on the file, which the kernel
 releases when its holder exits however it ends, ``kill -9`` included, so a lock is never stale.
 The file names the holder (pid and command line) for the refusal message. Readers (plain
-search and evaluate) take no lock: every file they read is replaced atomically.
+search and evaluate) never wait for it: every file they read is replaced atomically, and what
+they compute on first use is saved only if the lock is free (``may_write``).
 
 Without ``fcntl`` (Windows) the lock is the file itself, created exclusively and removed on
 exit; one left by a killed holder is named in the message, with the fix.

@@ -37,7 +37,7 @@ from retrieval.serving.gallery import (
     stored_fingerprint,
 )
 from retrieval.serving.journal import journal_path
-from retrieval.serving.replay import catch_up, seed_journal
+from retrieval.serving.replay import catch_up, seed_entries, seed_journal
 from retrieval.workdir_lock import may_write
 
 
@@ -200,11 +200,12 @@ def _catch_up(ws: Workspace) -> None:
     its journal entry and its gallery save), then save it; a gallery that is no prefix of the
     journal is named, with the fix."""
     gallery = ws.gallery
-    with may_write(ws.workdir) as free:
-        seeded = seed_journal(ws.workdir, gallery) if free else 0
-        if seeded:  # the journal was empty: the gallery holds exactly these entries
-            gallery.journal = seeded
-            gallery.save(ws.gallery_root)
+    seed = seed_entries(ws.workdir, gallery)  # a read: most opens take no lock here
+    if seed:
+        with may_write(ws.workdir) as free:
+            if free:  # the journal was empty: the gallery holds exactly these entries
+                gallery.journal = seed_journal(ws.workdir, seed)
+                gallery.save(ws.gallery_root)
     replayed = catch_up(
         gallery,
         ws.workdir,
@@ -305,7 +306,8 @@ def open_workspace(
             gallery.save_if_free(root, workdir)
         return ws
     if gallery_exists(root) and not journal_path(workdir).exists():
-        seed_journal(workdir, Gallery.load(root))  # enrolments made before the journal
+        # enrolments made before the journal
+        seed_journal(workdir, seed_entries(workdir, Gallery.load(root)))
     prepared = prepare_for(loaded, workdir, data=data, image_root=image_root)
     gallery = build_gallery(
         loaded,

@@ -35,14 +35,15 @@ def choose_gallery_fusion(
     truth = np.array([gallery.class_index(r.label) for r in known], dtype=np.int64)
     evidence, hits = gallery_evidence(gallery, embeddings, need_means=True)
     settings = LocalSettings(max_keypoints=MAX_KEYPOINTS)
-    queries = LocalScorer(ws.gallery_root, settings, progress=progress).query_features(
-        [str(r.path) for r in known]
-    )
-    inliers = {
-        geometry: LocalScorer(
-            ws.gallery_root, settings, geometry=geometry, progress=progress
-        ).inliers(queries, hits.paths, max(SHORTLISTS))
+    scorers = {
+        geometry: LocalScorer(ws.gallery_root, settings, geometry=geometry, progress=progress)
         for geometry in GEOMETRIES
+    }
+    # keypoints depend on the settings only: extracted once, verified under each geometry
+    queries = scorers[GEOMETRIES[0]].query_features([str(r.path) for r in known])
+    inliers = {
+        geometry: scorer.inliers(queries, hits.paths, max(SHORTLISTS))
+        for geometry, scorer in scorers.items()
     }
     target = gallery.policy_for(expand=False).target_accuracy
     fusion = choose_fusion_geometry(evidence, inliers, truth, target_accuracy=target)

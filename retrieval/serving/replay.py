@@ -105,15 +105,15 @@ def catch_up(gallery: Gallery, workdir: Path, embed: Embed, *, min_size: int) ->
     return done
 
 
-def seed_journal(workdir: Path, gallery: Gallery) -> int:
-    """Start the journal of a workdir whose gallery was changed before the journal existed:
-    its enrolled photos (IDs after the train split's, which ``build`` numbered first) and its
-    removed classes become the first entries. Returns how many entries were written."""
+def seed_entries(workdir: Path, gallery: Gallery) -> list[dict]:
+    """The first journal entries of a workdir whose gallery was changed before the journal
+    existed: its enrolled photos (IDs after the train split's, which ``build`` numbered first)
+    and its removed classes; [] when there is a journal or nothing to seed. Reads only."""
     if journal_path(workdir).exists() or not gallery.history:
-        return 0
+        return []
     events = {e["event"] for e in gallery.history}
     if not events & {"enroll", "remove"} or gallery.history[0]["event"] != "build":
-        return 0
+        return []
     built = int(gallery.history[0]["items"])
     live = gallery.labels_by_id >= 0
     photos = [
@@ -124,9 +124,13 @@ def seed_journal(workdir: Path, gallery: Gallery) -> int:
     removed = sorted(
         {e["class"] for e in gallery.history if e["event"] == "remove"} - gallery.live_classes()
     )
-    entries = ([{"event": "enroll", "photos": photos, "seeded": True}] if photos else []) + [
+    return ([{"event": "enroll", "photos": photos, "seeded": True}] if photos else []) + [
         {"event": "remove", "class": name, "seeded": True} for name in removed
     ]
+
+
+def seed_journal(workdir: Path, entries: list[dict]) -> int:
+    """Write ``seed_entries``' entries as the journal's first; returns its length then."""
     for entry in entries:
         append_entry(workdir, entry)
     return len(entries)

@@ -83,7 +83,6 @@ def run_training(
             print(plan.describe(), flush=True)
             print(_batch_line(cfg, plan, ctx), flush=True)
             _print_schedule_note(cfg)
-        if ctx.is_main:
             _tidy_checkpoints(Path(cfg.workdir), fresh=fresh)
         barrier(ctx)  # every rank trains in the run folder rank 0 chose
         session = TrainingSession(cfg, prepared, plan, ctx)
