@@ -8,7 +8,6 @@ measured here is what a user is answered.
 from __future__ import annotations
 
 import csv
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from retrieval.metrics import RetrievalMetrics, confusion_pairs, evaluate_retrie
 from retrieval.report.selective import SelectiveReport, format_selective, selective_report
 from retrieval.serving.decide import Decision, DecisionPolicy, predicted_labels
 from retrieval.serving.evidence import decide_in_gallery
+from retrieval.serving.gallery import now
 from retrieval.serving.local_scores import LocalQueries
 from retrieval.workspace import Workspace
 
@@ -180,7 +180,7 @@ def _benchmark_row(ws: Workspace, report: EvaluationReport) -> dict:
     aps = list(m.per_class_ap.values())
     data, loss = cfg["data"], cfg["loss"]
     return {
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "timestamp": now(),
         "version": __version__,
         "split": report.split,
         "backbone": ws.loaded.backbone,

@@ -10,7 +10,6 @@ path, in the same ``decide`` and the same unit (the calibrated confidence).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from retrieval.open_set_report import OpenSetReport, open_set_report
 from retrieval.report.selective import SelectiveReport, selective_report, write_selective
 from retrieval.serving.decide import DecisionPolicy
 from retrieval.serving.fusion import Fusion
+from retrieval.serving.gallery import now
 from retrieval.serving.local_scores import LocalQueries
 from retrieval.workspace import Workspace
 
@@ -191,7 +191,7 @@ def save_open_set(
             "target_false_accept_rate": run.report.target_false_accept_rate,
             "unknown_min_confidence": run.global_policy.unknown_min_confidence,
             "unknown_min_confidence_fused": fused,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "time": now(),
         }
     )
     gallery.save(ws.gallery_root)

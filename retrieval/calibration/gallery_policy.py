@@ -6,7 +6,6 @@ so the rule, calibrator and thresholds are chosen on the inputs they will meet.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,6 +19,7 @@ from retrieval.rerank_tune import tune_gallery_qe
 from retrieval.serving.decide import TARGET_ACCURACY, DecisionPolicy
 from retrieval.serving.evidence import array_evidence, gallery_evidence
 from retrieval.serving.expansion import GalleryExpansion
+from retrieval.serving.gallery import now
 
 if TYPE_CHECKING:
     from retrieval.serving.gallery import Gallery
@@ -79,7 +79,7 @@ def set_gallery_policy(gallery: Gallery, policy: DecisionPolicy | None, *, why: 
             "calibrator": policy.calibrator.describe(),
             "min_confidence": policy.min_confidence,
             "val_queries": policy.evidence.get("n_val_queries", 0),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "time": now(),
         }
     )
     return note

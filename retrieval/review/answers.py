@@ -6,7 +6,6 @@ listed least confident first, so a person's time goes where the model is unsure.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from retrieval.calibration.local_policy import search_local
 from retrieval.query import QueryAnswer, answer_images
 from retrieval.query_format import answer_dict
-from retrieval.serving.gallery import current_version
+from retrieval.serving.gallery import current_version, now
 from retrieval.workspace import Workspace, prepare_for
 
 KINDS = ("error", "new", "rejected", "accepted")
@@ -125,7 +124,7 @@ def answer_photos(
     answers = answer_images(ws, [str(path) for path, _ in photos], top_k=top_k, local=local)
     names = {str(path): name for path, name in photos}
     version = gallery_version(ws)
-    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    answered = now()
     return [
         ReviewItem(
             id=item_id(answer.image),
@@ -133,7 +132,7 @@ def answer_photos(
             name=names.get(answer.image, Path(answer.image).name),
             answer=answer,
             gallery_version=version,
-            answered_at=now,
+            answered_at=answered,
             notes=tuple(notes),
         )
         for answer in answers

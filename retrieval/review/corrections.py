@@ -13,7 +13,6 @@ it again is a no-op for the gallery.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,7 +25,7 @@ from retrieval.enroll import enroll_records, remove_photos
 from retrieval.errors import InputError
 from retrieval.review.answers import ReviewItem, gallery_version
 from retrieval.review.log import ACTIONS, append_entry, in_effect, read_log
-from retrieval.serving.gallery import Gallery
+from retrieval.serving.gallery import Gallery, now
 from retrieval.workdir_lock import workdir_lock
 from retrieval.workspace import Workspace
 
@@ -115,7 +114,7 @@ def undo(ws: Workspace, item: ReviewItem) -> dict:
 def _entry(ws: Workspace, item: ReviewItem, action: str, *, before, after) -> dict:
     return {
         "id": uuid.uuid4().hex[:12],
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "time": now(),
         "answer": item.id,
         "photo": item.photo,
         "action": action,

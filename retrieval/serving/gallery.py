@@ -347,4 +347,5 @@ def _remove_old_versions(root: Path, *, keep: int, current: str) -> None:
 
 
 def now() -> str:
+    """The local time stamp of every logged entry (history, journal, corrections)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S")
