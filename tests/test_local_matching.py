@@ -11,7 +11,7 @@ from PIL import Image
 
 from retrieval.errors import InputError
 from retrieval.local.features import extract_local_features
-from retrieval.local.matching import GEOMETRIES, match_local, mutual_ratio_matches
+from retrieval.local.matching import GEOMETRIES, match_local, match_local_ways, mutual_ratio_matches
 
 
 def _reference_matches(q: np.ndarray, g: np.ndarray, ratio: float) -> set[tuple[int, int]]:
@@ -115,3 +115,14 @@ def test_a_ratio_outside_0_1_is_refused(ratio: float) -> None:
     features = extract_local_features(pil(texture(18, 64)))
     with pytest.raises(InputError, match="ratio"):
         match_local(features, features, ratio=ratio)
+
+
+def test_every_geometry_from_one_matching_equals_matching_for_each() -> None:
+    image = texture(17)
+    query = extract_local_features(pil(image))
+    gallery = extract_local_features(pil(warped(image, HOMOGRAPHY)))
+    ways = match_local_ways(query, gallery, geometries=GEOMETRIES)
+    for geometry, match in zip(GEOMETRIES, ways, strict=True):
+        alone = match_local(query, gallery, geometry=geometry)
+        assert match.inliers == alone.inliers > 0 and match.tentative == alone.tentative
+        np.testing.assert_array_equal(match.points_gallery, alone.points_gallery)

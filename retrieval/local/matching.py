@@ -131,14 +131,41 @@ def match_local(
 
     Deterministic: OpenCV's random generator is seeded before each estimate.
     """
-    check_geometry(geometry)
+    return match_local_ways(query, gallery, ratio=ratio, geometries=(geometry,))[0]
+
+
+def match_local_ways(
+    query: LocalFeatures,
+    gallery: LocalFeatures,
+    *,
+    ratio: float = 0.8,
+    geometries: tuple[str, ...] = GEOMETRIES,
+) -> list[LocalMatch]:
+    """``match_local`` under each of ``geometries``, in order, from one set of tentative
+    matches: only the geometric check differs, so choosing the model on val matches once."""
+    for geometry in geometries:
+        check_geometry(geometry)
     if not 0.0 < ratio <= 1.0:
         raise InputError(f"the ratio test's ratio must be in (0, 1], got {ratio!r}")
     qi, gi = mutual_ratio_matches(query.descriptors, gallery.descriptors, ratio=ratio)
-    if len(qi) < _MIN_POINTS[geometry]:
-        return _no_match(len(qi))
     pq = query.keypoints[qi] * np.float32(_frame(query))
     pg = gallery.keypoints[gi] * np.float32(_frame(gallery))
+    return [_verify(geometry, query, gallery, qi, gi, pq, pg) for geometry in geometries]
+
+
+def _verify(
+    geometry: str,
+    query: LocalFeatures,
+    gallery: LocalFeatures,
+    qi: np.ndarray,
+    gi: np.ndarray,
+    pq: np.ndarray,
+    pg: np.ndarray,
+) -> LocalMatch:
+    """The tentative matches (qi, gi; their points pq, pg in the verification frame) that one
+    ``geometry`` explains."""
+    if len(qi) < _MIN_POINTS[geometry]:
+        return _no_match(len(qi))
     cv2.setRNGSeed(_SEED)
     try:
         mask = _ESTIMATORS[geometry](pq, pg)
