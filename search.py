@@ -170,7 +170,11 @@ def _run(args: argparse.Namespace) -> int:
 
         settings, geometry = matching_settings(ws.gallery.fusion)
         explained = explain_answer(
-            answers[0], Path(args.explain), settings=settings, geometry=geometry
+            answers[0],
+            Path(args.explain),
+            settings=settings,
+            geometry=geometry,
+            foreground=ws.foreground,
         )
         # on stderr under --format json/csv, so that the answers stay machine-readable
         print(explained.describe(), file=sys.stdout if args.format == "table" else sys.stderr)

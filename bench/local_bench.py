@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = labels_of(known, ws.loaded.class_to_idx)
     queries = ws.embed(known, desc=f"{args.split} queries")
     policy = gallery.policy_for(expand=False)
-    scorer = LocalScorer.for_fusion(ws.gallery_root, fusion)
+    scorer = LocalScorer.for_fusion(ws.gallery_root, fusion, foreground=ws.foreground)
     plain, fused, cost, extract_ms = compare(
         gallery, queries, known, truth, policy, fusion, scorer, args.shortlists
     )

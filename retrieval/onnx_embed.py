@@ -201,6 +201,7 @@ class OnnxWorkspace:
     gallery: Gallery
     batch_size: int = 32
     tta: str = "none"
+    foreground = None  # no feature map to estimate it from: saliency fusions need torch
 
     def embed(
         self, records: Sequence[ImageRecord], *, desc: str = "embedding", progress: bool = True

@@ -104,7 +104,7 @@ def run_open_set(
         )
         matches = None
         if local is not None:
-            photos = LocalQueries(mix.paths, ws.gallery_root)
+            photos = LocalQueries(mix.paths, ws.gallery_root, foreground=ws.foreground)
             matches = LocalMix(local, photos, gallery_paths)
         return open_set_answers(data, policy, n_classes, local=matches)
 

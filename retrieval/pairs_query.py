@@ -199,7 +199,7 @@ def score_pairs_file(
     embeddings = ws.embed(records, desc="pair images")
     embedded = time.perf_counter()
     if options.local is not None:
-        scorer = LocalScorer.for_fusion(ws.gallery_root, options.local)
+        scorer = LocalScorer.for_fusion(ws.gallery_root, options.local, foreground=ws.foreground)
         matrix = fused_pair_matrix(
             scorer, embeddings @ embeddings.T, [str(r.path) for r in records], options.local
         )

@@ -28,6 +28,7 @@ from retrieval.device import RuntimePlan, apply_runtime, plan_runtime, probe_dev
 from retrieval.embed import extract_embeddings
 from retrieval.errors import InputError
 from retrieval.inference import LoadedModel, load_inference_model
+from retrieval.model.saliency import BackboneSaliency
 from retrieval.run_folder import checkpoints_dir, current_run
 from retrieval.serving.decide import TARGET_ACCURACY
 from retrieval.serving.gallery import (
@@ -57,6 +58,13 @@ class Workspace:
     @property
     def gallery_root(self) -> Path:
         return gallery_root(self.run or current_run(self.workdir), self.tta)
+
+    @property
+    def foreground(self) -> BackboneSaliency:
+        """Where this model sees the animal, for local matching on photos without alpha."""
+        return BackboneSaliency(
+            self.loaded.model, self.plan, self.loaded.image_size, self.loaded.fingerprint
+        )
 
     def embed(
         self, records, *, desc: str = "embedding", progress: bool = True, timer=None

@@ -10,7 +10,7 @@ from local_helpers import HOMOGRAPHY, pil, texture, warped
 
 from retrieval.calibration.fusion_fit import (
     choose_fusion,
-    choose_fusion_geometry,
+    choose_fusion_setting,
     describe_fusion,
     fit_curve,
 )
@@ -148,8 +148,25 @@ def test_keypoint_cache_fills_on_demand_and_forgets_changed_photos(tmp_path):
 def test_val_chooses_the_geometry_whose_inliers_decide_best():
     evidence, inliers, truth = _val_set(np.random.default_rng(1))
     noise = np.random.default_rng(3).integers(0, 8, inliers.shape).astype(np.int32)
-    fusion = choose_fusion_geometry(evidence, {"homography": noise, "affine": inliers}, truth)
-    by_geometry = fusion.evidence["geometries"]
-    assert fusion.geometry == "affine" and fusion.helps
-    assert by_geometry["affine"] > by_geometry["homography"]
+    ways = {("none", "homography"): noise, ("none", "affine"): inliers}
+    fusion = choose_fusion_setting(evidence, ways, truth)
+    by_setting = fusion.evidence["settings"]
+    assert fusion.geometry == "affine" and fusion.foreground == "none" and fusion.helps
+    assert by_setting["none, affine"] > by_setting["none, homography"]
     assert "affine inliers" in describe_fusion(fusion, "auto")
+
+
+def test_val_keeps_the_foreground_estimate_only_where_it_decides_better():
+    evidence, inliers, truth = _val_set(np.random.default_rng(1))
+    noise = np.random.default_rng(3).integers(0, 8, inliers.shape).astype(np.int32)
+    kept = choose_fusion_setting(
+        evidence, {("none", "homography"): noise, ("saliency", "homography"): inliers}, truth
+    )
+    assert kept.foreground == "saliency" and kept.settings.foreground == "saliency"
+    assert "saliency foreground" in describe_fusion(kept, "auto")
+    assert Fusion.from_dict(kept.to_dict()).foreground == "saliency"
+    # the same counts both ways: a tie, and the first listed (keypoints everywhere) wins
+    tied = choose_fusion_setting(
+        evidence, {("none", "homography"): inliers, ("saliency", "homography"): inliers}, truth
+    )
+    assert tied.foreground == "none"

@@ -98,3 +98,24 @@ def test_bad_settings_are_refused(bad: dict) -> None:
         LocalSettings(**bad)
     with pytest.raises(InputError):
         extract_local_features(pil(texture(6, 64)), **bad)
+
+
+def test_a_foreground_mask_keeps_keypoints_on_the_animal() -> None:
+    image = pil(texture(7, 256))
+    left = np.zeros((4, 4), bool)
+    left[:, :2] = True  # the left half, at a coarse resolution as a feature map gives it
+    features = extract_local_features(image, foreground=left, work_size=128)
+    assert len(features) > 10 and (features.keypoints[:, 0] < 128).all()
+    assert (extract_local_features(image).keypoints[:, 0] >= 128).any()
+
+
+def test_alpha_wins_over_a_foreground_estimate() -> None:
+    everywhere = np.ones((2, 2), bool)
+    exact = extract_local_features(_cut_out())
+    both = extract_local_features(_cut_out(), foreground=everywhere)
+    np.testing.assert_array_equal(both.keypoints, exact.keypoints)
+
+
+def test_an_unknown_foreground_is_refused() -> None:
+    with pytest.raises(InputError, match="none, saliency"):
+        LocalSettings(foreground="grabcut")

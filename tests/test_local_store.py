@@ -17,6 +17,7 @@ from retrieval.local.store import (
     load_local_features,
     remove_local_features,
     save_local_features,
+    store_name,
 )
 
 SETTINGS = LocalSettings(max_keypoints=64, work_size=128)
@@ -139,3 +140,16 @@ def test_an_empty_store_round_trips(tmp_path: Path) -> None:
     save_local_features(path, [], fingerprint=FINGERPRINT, image_paths=[], settings=SETTINGS)
     store = load_local_features(path, fingerprint=FINGERPRINT)
     assert store.features == [] and store.image_paths == []
+
+
+def test_a_store_written_before_foreground_estimates_reads_as_every_keypoint(stored) -> None:
+    path, _, paths = stored
+    with np.load(path) as data:
+        older = {k: data[k] for k in data.files if k != "foreground"}
+    with path.open("wb") as handle:
+        np.savez(handle, **older)
+    store = load_local_features(path, fingerprint=FINGERPRINT)
+    assert store.settings.foreground == "none" and store.settings == SETTINGS
+    assert store.image_paths == paths
+    assert store_name(store.settings) == STORE_NAME
+    assert store_name(LocalSettings(foreground="saliency")) != STORE_NAME

@@ -139,31 +139,35 @@ def choose_fusion(
     )
 
 
-def choose_fusion_geometry(
+def choose_fusion_setting(
     evidence: QueryEvidence,
-    inliers_by_geometry: dict[str, np.ndarray],
+    inliers_by_setting: dict[tuple[str, str], np.ndarray],
     truth: np.ndarray,
     *,
     max_keypoints: int = MAX_KEYPOINTS,
     target_accuracy: float = TARGET_ACCURACY,
 ) -> Fusion:
-    """``choose_fusion`` for each geometric model the inliers were verified with (homography,
-    fundamental matrix, affine: ``inliers_by_geometry``, each (Q, B_max)), and the one whose
-    fused decision val scores highest out of fold (the first given wins ties)."""
+    """``choose_fusion`` for each way the inliers were counted, keyed (foreground, geometry):
+    keypoints everywhere or on a foreground estimate, verified by a homography, a fundamental
+    matrix or an affine map, each (Q, B_max). The one whose fused decision val scores highest
+    out of fold wins; the first given wins ties, so list the simplest first."""
     fits = [
-        choose_fusion(
-            evidence,
-            inliers,
-            truth,
-            geometry=geometry,
-            max_keypoints=max_keypoints,
-            target_accuracy=target_accuracy,
+        replace(
+            choose_fusion(
+                evidence,
+                inliers,
+                truth,
+                geometry=geometry,
+                max_keypoints=max_keypoints,
+                target_accuracy=target_accuracy,
+            ),
+            foreground=foreground,
         )
-        for geometry, inliers in inliers_by_geometry.items()
+        for (foreground, geometry), inliers in inliers_by_setting.items()
     ]
     best = max(fits, key=lambda f: f.evidence["accuracy_fused"])
-    by_geometry = {f.geometry: f.evidence["accuracy_fused"] for f in fits}
-    return replace(best, evidence={**best.evidence, "geometries": by_geometry})
+    by_setting = {f"{f.foreground}, {f.geometry}": f.evidence["accuracy_fused"] for f in fits}
+    return replace(best, evidence={**best.evidence, "settings": by_setting})
 
 
 def describe_fusion(fusion: Fusion, local_match: str) -> str:
@@ -177,6 +181,8 @@ def describe_fusion(fusion: Fusion, local_match: str) -> str:
         f"{fusion.mode} of calibrated scores over the top {fusion.shortlist} hits, "
         f"{fusion.geometry} inliers"
     )
+    if fusion.foreground != "none":
+        how += f" on the backbone's {fusion.foreground} foreground"
     if local_match == "off":
         return f"local matching: off (--local_match off; {figures})"
     if fusion.helps:

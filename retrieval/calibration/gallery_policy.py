@@ -22,6 +22,7 @@ from retrieval.serving.expansion import GalleryExpansion
 from retrieval.serving.gallery import now
 
 if TYPE_CHECKING:
+    from retrieval.local.features import ForegroundEstimate
     from retrieval.serving.gallery import Gallery
 
 
@@ -35,6 +36,9 @@ class EmbeddingGallery(Protocol):
 
     @property
     def gallery_root(self) -> Path: ...
+
+    @property
+    def foreground(self) -> ForegroundEstimate | None: ...
 
     def embed(self, records: list[ImageRecord], *, desc: str = ...) -> np.ndarray: ...
 

@@ -8,12 +8,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from retrieval.calibration.fusion_fit import SHORTLISTS, choose_fusion_geometry, describe_fusion
+from retrieval.calibration.fusion_fit import SHORTLISTS, choose_fusion_setting, describe_fusion
 from retrieval.calibration.gallery_policy import EmbeddingGallery, val_queries
 from retrieval.data.records import ImageRecord
 from retrieval.errors import InputError
-from retrieval.local.features import LocalSettings
-from retrieval.local.matching import GEOMETRIES
+from retrieval.local.features import FOREGROUNDS, LocalSettings
 from retrieval.serving.evidence import gallery_evidence
 from retrieval.serving.fusion import MAX_KEYPOINTS, Fusion
 from retrieval.serving.gallery import Gallery
@@ -24,9 +23,17 @@ REFIT_SHARE = 0.1  # a gallery changed by more than this share gets its fusion f
 
 
 def choose_gallery_fusion(
-    ws: EmbeddingGallery, val: Sequence[ImageRecord], *, progress: bool = True
+    ws: EmbeddingGallery,
+    val: Sequence[ImageRecord],
+    *,
+    foregrounds: Sequence[str] = FOREGROUNDS,
+    progress: bool = True,
 ) -> Fusion | None:
-    """Fit the fusion on the val photos of the gallery's individuals (None: fewer than 2)."""
+    """Fit the fusion on the val photos of the gallery's individuals (None: fewer than 2).
+
+    Candidates: keypoints everywhere or on the model's foreground estimate (``foregrounds``;
+    the estimate only where the workspace can draw it) x each geometric model, each matched
+    once per foreground and verified every way."""
     gallery = ws.gallery
     known = val_queries(gallery, list(val))
     if len(known) < 2 or gallery.size == 0:
@@ -34,19 +41,21 @@ def choose_gallery_fusion(
     embeddings = ws.embed(known, desc="val (local matching)")
     truth = np.array([gallery.class_index(r.label) for r in known], dtype=np.int64)
     evidence, hits = gallery_evidence(gallery, embeddings, need_means=True)
-    settings = LocalSettings(max_keypoints=MAX_KEYPOINTS)
-    scorers = {
-        geometry: LocalScorer(ws.gallery_root, settings, geometry=geometry, progress=progress)
-        for geometry in GEOMETRIES
-    }
-    # keypoints depend on the settings only: extracted once, verified under each geometry
-    queries = scorers[GEOMETRIES[0]].query_features([str(r.path) for r in known])
-    inliers = {
-        geometry: scorer.inliers(queries, hits.paths, max(SHORTLISTS))
-        for geometry, scorer in scorers.items()
-    }
+    paths = [str(r.path) for r in known]
+    inliers: dict[tuple[str, str], np.ndarray] = {}
+    for foreground in foregrounds:
+        if foreground != "none" and ws.foreground is None:
+            continue
+        scorer = LocalScorer(
+            ws.gallery_root,
+            LocalSettings(max_keypoints=MAX_KEYPOINTS, foreground=foreground),
+            progress=progress,
+            foreground=ws.foreground if foreground != "none" else None,
+        )
+        ways = scorer.inliers_ways(scorer.query_features(paths), hits.paths, max(SHORTLISTS))
+        inliers.update(((foreground, geometry), counts) for geometry, counts in ways.items())
     target = gallery.policy_for(expand=False).target_accuracy
-    fusion = choose_fusion_geometry(evidence, inliers, truth, target_accuracy=target)
+    fusion = choose_fusion_setting(evidence, inliers, truth, target_accuracy=target)
     return replace(fusion, evidence={**fusion.evidence, "gallery_items": gallery.size})
 
 
@@ -121,7 +130,9 @@ def local_queries(
     )
     if fusion is None:
         return None, note
-    return LocalQueries(list(paths), ws.gallery_root, progress=progress), note
+    return LocalQueries(
+        list(paths), ws.gallery_root, progress=progress, foreground=ws.foreground
+    ), note
 
 
 def search_local(

@@ -10,8 +10,10 @@ between them compares histograms by the Hellinger kernel, which matches better t
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -21,6 +23,9 @@ from retrieval.data.images import UnreadableImage, load_rgb, to_rgb
 from retrieval.errors import InputError
 
 DESCRIPTOR_DIM = 128
+# Where keypoints are kept on a photo without alpha: everywhere ("none"), or where the
+# backbone's feature map is strong ("saliency", retrieval.model.saliency); chosen on val.
+FOREGROUNDS = ("none", "saliency")
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
@@ -31,12 +36,27 @@ class LocalSettings:
 
     max_keypoints: int = 1024
     work_size: int = 512  # longer side SIFT sees, in pixels (never upscaled)
+    foreground: str = "none"  # one of FOREGROUNDS
 
     def __post_init__(self) -> None:
         for name in ("max_keypoints", "work_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.foreground not in FOREGROUNDS:
+            raise InputError(
+                f"foreground must be one of {', '.join(FOREGROUNDS)}, got {self.foreground!r}"
+            )
+
+
+class ForegroundEstimate(Protocol):
+    """Where the animal is in photos without alpha (``retrieval.model.saliency``): one (h, w)
+    bool map per photo, covering the whole upright photo at any resolution. ``key`` names what
+    made the maps (the model), so keypoints kept by them are cached for it alone."""
+
+    key: str
+
+    def masks(self, paths: Sequence[str]) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,12 +134,18 @@ def _rootsift(sift: np.ndarray) -> np.ndarray:
 
 
 def extract_local_features(
-    image: Image.Image, *, max_keypoints: int = 1024, work_size: int = 512
+    image: Image.Image,
+    *,
+    max_keypoints: int = 1024,
+    work_size: int = 512,
+    foreground: np.ndarray | None = None,
 ) -> LocalFeatures:
     """At most ``max_keypoints`` RootSIFT keypoints of ``image``, the strongest first.
 
     An image with transparency (``load_for_matching`` of a cut-out) only gets keypoints where
-    alpha > 0: background keypoints match between photos of different animals too.
+    alpha > 0: background keypoints match between photos of different animals too. Without
+    alpha, ``foreground`` ((h, w) bool over the whole photo, any resolution; a
+    ``ForegroundEstimate`` mask) keeps them where it is True; alpha, being exact, wins.
     """
     LocalSettings(max_keypoints=max_keypoints, work_size=work_size)  # validates
     width, height = image.size
@@ -132,6 +158,9 @@ def extract_local_features(
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
         if mask is not None:
             mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+    if mask is None and foreground is not None:
+        estimate = np.asarray(foreground, bool).astype(np.uint8) * 255
+        mask = cv2.resize(estimate, grey.shape[::-1], interpolation=cv2.INTER_NEAREST)
     sift = cv2.SIFT_create(nfeatures=max_keypoints)
     found, raw = sift.detectAndCompute(grey, mask)
     if raw is None or not found:

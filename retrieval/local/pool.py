@@ -30,7 +30,7 @@ from retrieval.local.features import (
     extract_local_features,
     load_for_matching,
 )
-from retrieval.local.matching import LocalMatch, check_geometry, match_local
+from retrieval.local.matching import GEOMETRIES, LocalMatch, check_geometry, match_local_ways
 
 MIN_IMAGES_PER_WORKER = 4  # about 0.1 s each at 512 px; a worker takes about 1 s to start
 MIN_PAIRS_PER_WORKER = 64  # about 20 ms each at 1024 keypoints
@@ -119,12 +119,14 @@ def _map_chunks(
     return results
 
 
-def _extract_chunk(paths: list[str], shared: dict[str, Any]) -> list[LocalFeatures | str]:
-    """Features per path, or the reason it is unreadable (exceptions with extra constructor
-    arguments do not survive the trip back from a worker)."""
+def _extract_chunk(
+    items: list[tuple[str, np.ndarray | None]], shared: dict[str, Any]
+) -> list[LocalFeatures | str]:
+    """Features per (path, foreground mask), or the reason the photo is unreadable
+    (exceptions with extra constructor arguments do not survive the trip back from a worker)."""
     settings: LocalSettings = shared["settings"]
     out: list[LocalFeatures | str] = []
-    for path in paths:
+    for path, foreground in items:
         try:
             image = load_for_matching(Path(path))
         except UnreadableImage as e:
@@ -132,7 +134,10 @@ def _extract_chunk(paths: list[str], shared: dict[str, Any]) -> list[LocalFeatur
             continue
         out.append(
             extract_local_features(
-                image, max_keypoints=settings.max_keypoints, work_size=settings.work_size
+                image,
+                max_keypoints=settings.max_keypoints,
+                work_size=settings.work_size,
+                foreground=foreground,
             )
         )
     return out
@@ -142,15 +147,20 @@ def extract_many(
     paths: Sequence[Path],
     *,
     settings: LocalSettings,
+    foregrounds: Sequence[np.ndarray] | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> list[LocalFeatures]:
-    """Keypoints of every photo, in order; an unreadable one raises ``UnreadableImage``."""
+    """Keypoints of every photo, in order, kept on ``foregrounds[i]`` where given (one mask
+    per photo, ``ForegroundEstimate.masks``); an unreadable one raises ``UnreadableImage``."""
     names = [str(p) for p in paths]
+    masks: Sequence[np.ndarray | None] = [None] * len(names) if foregrounds is None else foregrounds
+    if len(masks) != len(names):
+        raise ValueError(f"{len(masks)} foreground masks for {len(names)} photos")
     n_workers = pool_size(len(names), workers=workers, min_per_worker=MIN_IMAGES_PER_WORKER)
     results = _map_chunks(
         _extract_chunk,
-        names,
+        list(zip(names, masks, strict=True)),
         {"settings": settings},
         workers=n_workers,
         desc="keypoints",
@@ -162,10 +172,13 @@ def extract_many(
     return results
 
 
-def _match_chunk(pairs: np.ndarray, shared: dict[str, Any]) -> list[LocalMatch]:
+def _match_chunk(pairs: np.ndarray, shared: dict[str, Any]) -> list[list[LocalMatch]]:
     queries, gallery = shared["queries"], shared["gallery"]
-    ratio, geometry = shared["ratio"], shared["geometry"]
-    return [match_local(queries[q], gallery[g], ratio=ratio, geometry=geometry) for q, g in pairs]
+    ratio, geometries = shared["ratio"], shared["geometries"]
+    return [
+        match_local_ways(queries[q], gallery[g], ratio=ratio, geometries=geometries)
+        for q, g in pairs
+    ]
 
 
 def match_many(
@@ -179,8 +192,34 @@ def match_many(
     progress: bool = True,
 ) -> list[LocalMatch]:
     """``match_local(queries[q], gallery[g])`` for each row (q, g) of ``pairs`` (P, 2) int,
-    in order. Only the photos the pairs name travel to the workers."""
-    check_geometry(geometry)
+    in order."""
+    ways = match_many_ways(
+        queries,
+        gallery,
+        pairs,
+        ratio=ratio,
+        geometries=(geometry,),
+        workers=workers,
+        progress=progress,
+    )
+    return ways[geometry]
+
+
+def match_many_ways(
+    queries: Sequence[LocalFeatures],
+    gallery: Sequence[LocalFeatures],
+    pairs: np.ndarray,
+    *,
+    ratio: float = 0.8,
+    geometries: tuple[str, ...] = GEOMETRIES,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, list[LocalMatch]]:
+    """``match_many`` under each of ``geometries`` from one matching of each pair
+    (``match_local_ways``): {geometry: matches in the order of ``pairs``}. Only the photos
+    the pairs name travel to the workers."""
+    for geometry in geometries:
+        check_geometry(geometry)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     used_q, pairs_q = np.unique(pairs[:, 0], return_inverse=True)
     used_g, pairs_g = np.unique(pairs[:, 1], return_inverse=True)
@@ -188,10 +227,10 @@ def match_many(
         "queries": [queries[i] for i in used_q],
         "gallery": [gallery[i] for i in used_g],
         "ratio": ratio,
-        "geometry": geometry,
+        "geometries": tuple(geometries),
     }
     n_workers = pool_size(len(pairs), workers=workers, min_per_worker=MIN_PAIRS_PER_WORKER)
-    return _map_chunks(
+    per_pair = _map_chunks(
         _match_chunk,
         np.stack([pairs_q.ravel(), pairs_g.ravel()], axis=1),
         shared,
@@ -199,3 +238,4 @@ def match_many(
         desc="local matches",
         progress=progress,
     )
+    return {g: [ways[i] for ways in per_pair] for i, g in enumerate(geometries)}

@@ -22,8 +22,17 @@ from retrieval.io import atomic_path
 from retrieval.local.features import DESCRIPTOR_DIM, LocalFeatures, LocalSettings
 
 STORE_NAME = "local_features.npz"
+STORE_GLOB = "local_features*.npz"  # every store of a gallery, one per extraction setting
 FORMAT_VERSION = 1
 _FIX = "rebuild the gallery with --rebuild_gallery"
+
+
+def store_name(settings: LocalSettings) -> str:
+    """The file of the store for ``settings``: keypoints kept on a foreground estimate live
+    beside the plain ones, so val can compare both and a search reads the one it uses."""
+    if settings.foreground == "none":
+        return STORE_NAME
+    return f"local_features.{settings.foreground}.npz"
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +76,7 @@ def save_local_features(
         "image_paths": np.array(list(image_paths), dtype=str),
         "max_keypoints": np.array(settings.max_keypoints),
         "work_size": np.array(settings.work_size),
+        "foreground": np.array(settings.foreground),
         "sizes": np.array([(f.width, f.height) for f in features], np.int64).reshape(-1, 2),
         "offsets": offsets,
         "keypoints": _concat([f.keypoints for f in features], (0, 2), np.float32),
@@ -107,7 +117,9 @@ def _unpack(data: dict[str, np.ndarray]) -> LocalStore:
         LocalFeatures(keypoints[a:b], descriptors[a:b], int(w), int(h))
         for a, b, (w, h) in zip(offsets[:-1], offsets[1:], sizes, strict=True)
     ]
-    settings = LocalSettings(int(data["max_keypoints"]), int(data["work_size"]))
+    # a store written before foreground estimates kept every keypoint
+    foreground = str(data["foreground"]) if "foreground" in data else "none"
+    settings = LocalSettings(int(data["max_keypoints"]), int(data["work_size"]), foreground)
     return LocalStore(features, paths, settings)
 
 

@@ -19,10 +19,11 @@ from PIL import Image
 
 from retrieval.data.images import load_rgb
 from retrieval.errors import InputError
-from retrieval.local.features import LocalSettings, extract_local_features, load_for_matching
+from retrieval.local.features import ForegroundEstimate, LocalSettings
 from retrieval.local.matching import LocalMatch, check_geometry, match_local
 from retrieval.report.png import DPI, save_png
 from retrieval.serving.fusion import GEOMETRY, MAX_KEYPOINTS, Fusion
+from retrieval.serving.local_scores import extract_photos
 
 if TYPE_CHECKING:
     from retrieval.query import QueryAnswer
@@ -125,9 +126,15 @@ def draw_match(query: Path, gallery: Path, match: LocalMatch, *, title: str, out
 
 
 def explain_answer(
-    answer: QueryAnswer, out: Path, *, settings: LocalSettings, geometry: str
+    answer: QueryAnswer,
+    out: Path,
+    *,
+    settings: LocalSettings,
+    geometry: str,
+    foreground: ForegroundEstimate | None = None,
 ) -> Explanation:
-    """Match ``answer``'s photo with its top match (as printed) and draw the two to ``out``.
+    """Match ``answer``'s photo with its top match (as printed) and draw the two to ``out``,
+    keypoints extracted as search extracts them (``foreground``: the workspace's estimate).
 
     Returns an ``Explanation`` rather than the bare path: the caller reports the inlier count
     the picture shows, which only this matching knows.
@@ -142,14 +149,7 @@ def explain_answer(
         )
     top = answer.matches[0]
     query, gallery = Path(answer.image), Path(top.path)
-    features = [
-        extract_local_features(
-            load_for_matching(p),
-            max_keypoints=settings.max_keypoints,
-            work_size=settings.work_size,
-        )
-        for p in (query, gallery)
-    ]
+    features = extract_photos([str(query), str(gallery)], settings, foreground, progress=False)
     match = match_local(*features, geometry=geometry)
     title = (
         f"query (left) beside {top.class_name} (right)\n"

@@ -136,7 +136,8 @@ def match_explained(request: Request, item_id: str, rank: int) -> FileResponse:
     state = review_state(request)
     item = state.item(item_id)
     _match(item, rank)
-    path = explained(item.answer, rank, state.ws.workdir, state.ws.gallery.fusion)
+    ws = state.ws
+    path = explained(item.answer, rank, ws.workdir, ws.gallery.fusion, ws.foreground)
     return FileResponse(path, media_type="image/png")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from retrieval.data.images import load_rgb
 from retrieval.io import atomic_path
+from retrieval.local.features import ForegroundEstimate
 from retrieval.query import QueryAnswer
 from retrieval.report.explain import explain_answer, matching_settings
 from retrieval.serving.fusion import Fusion
@@ -31,14 +32,21 @@ def thumbnail(photo: Path, workdir: Path) -> Path:
     return path
 
 
-def explained(answer: QueryAnswer, rank: int, workdir: Path, fusion: Fusion | None) -> Path:
+def explained(
+    answer: QueryAnswer,
+    rank: int,
+    workdir: Path,
+    fusion: Fusion | None,
+    foreground: ForegroundEstimate | None = None,
+) -> Path:
     """The query beside its ``rank``-th match (0: best), verified keypoint matches drawn with
-    the settings the gallery's local matching uses; drawn once per answer and rank."""
+    the settings the gallery's local matching uses (``foreground``: the workspace's estimate,
+    for a fusion that keeps keypoints on it); drawn once per answer and rank."""
     match = answer.matches[rank]
     key = hashlib.sha256(f"{answer.image}:{match.path}".encode()).hexdigest()[:32]
     path = Path(workdir) / EXPLAINED / f"{key}.png"
     if not path.is_file():
         settings, geometry = matching_settings(fusion)
         one = replace(answer, matches=(match,))
-        explain_answer(one, path, settings=settings, geometry=geometry)
+        explain_answer(one, path, settings=settings, geometry=geometry, foreground=foreground)
     return path

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from retrieval.errors import InputError, stored
-from retrieval.local.features import LocalSettings
+from retrieval.local.features import FOREGROUNDS, LocalSettings
 from retrieval.serving.decide import DecisionPolicy
 from retrieval.serving.rules import REBUILD, QueryEvidence
 
@@ -43,8 +43,9 @@ class Fusion:
 
     mode: the "mean" of the two calibrated probabilities, or a "logistic" on their logits
     (``weights`` = bias, global, local). shortlist: hits re-scored per query. helps: val scored
-    it above global only (``--local_match auto`` uses it only then). policy: the decision
-    policy chosen on val on the fused evidence. evidence: what val measured.
+    it above global only (``--local_match auto`` uses it only then). foreground: where
+    keypoints are kept on photos without alpha (``FOREGROUNDS``, chosen on val). policy: the
+    decision policy chosen on val on the fused evidence. evidence: what val measured.
     """
 
     global_curve: Curve
@@ -54,6 +55,7 @@ class Fusion:
     helps: bool = False
     geometry: str = GEOMETRY
     max_keypoints: int = MAX_KEYPOINTS
+    foreground: str = "none"
     weights: tuple[float, ...] = ()
     policy: DecisionPolicy | None = None
     evidence: dict = field(default_factory=dict)
@@ -61,12 +63,17 @@ class Fusion:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"fusion mode {self.mode!r}: allowed {', '.join(MODES)}; {REBUILD}")
+        if self.foreground not in FOREGROUNDS:
+            raise InputError(
+                f"fusion foreground {self.foreground!r}: allowed {', '.join(FOREGROUNDS)}; "
+                f"{REBUILD}"
+            )
 
     @property
     def settings(self) -> LocalSettings:
         """How keypoints were extracted when val fitted this fusion: queries and gallery
         photos must be extracted the same way to be scored on its curves."""
-        return LocalSettings(max_keypoints=self.max_keypoints)
+        return LocalSettings(max_keypoints=self.max_keypoints, foreground=self.foreground)
 
     def global_probability(self, cosines: np.ndarray) -> np.ndarray:
         return self.global_curve(cosines)
@@ -86,6 +93,7 @@ class Fusion:
             "helps": self.helps,
             "geometry": self.geometry,
             "max_keypoints": self.max_keypoints,
+            "foreground": self.foreground,
             "global_curve": curve(self.global_curve),
             "local_curve": curve(self.local_curve),
             "weights": list(self.weights),
@@ -106,6 +114,7 @@ class Fusion:
                 helps=bool(data["helps"]),
                 geometry=data["geometry"],
                 max_keypoints=int(data["max_keypoints"]),
+                foreground=str(data.get("foreground", "none")),  # older: every keypoint
                 global_curve=curve(data["global_curve"]),
                 local_curve=curve(data["local_curve"]),
                 weights=tuple(data["weights"]),
