@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,6 +30,7 @@ from retrieval.calibration.local_policy import choose_gallery_fusion
 from retrieval.cli import default_checkpoint
 from retrieval.data.records import labels_of
 from retrieval.data.scan import load_records
+from retrieval.local.features import FOREGROUNDS
 from retrieval.serving.decide import decide, predicted_labels
 from retrieval.serving.evidence import EVIDENCE_K, gallery_evidence
 from retrieval.serving.fusion import fused_evidence, fused_order
@@ -48,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--enrolled photos of each, answer the others",
     )
     p.add_argument("--enrolled", type=int, default=1, help="photos enrolled per never-seen one")
+    p.add_argument(
+        "--foreground",
+        choices=["auto", *FOREGROUNDS],
+        default="auto",
+        help="where keypoints are kept: auto = val chooses (the product's default), or force "
+        "every keypoint (none) or the backbone's saliency foreground",
+    )
     return p
 
 
@@ -76,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare_for(ws.loaded, workdir, data=None, image_root=None)
     gallery = ws.gallery
     started = time.perf_counter()
-    fusion = choose_gallery_fusion(ws, prepared.val)
+    foregrounds = FOREGROUNDS if args.foreground == "auto" else (args.foreground,)
+    fusion = choose_gallery_fusion(ws, prepared.val, foregrounds=foregrounds)
     choose_seconds = time.perf_counter() - started
     assert fusion is not None, "the val split has fewer than 2 photos of known individuals"
     print(describe_fusion(fusion, "auto"))
+    print("val decision accuracy by (foreground, geometry):", fusion.evidence["settings"])
 
     split = prepared.val if args.split == "val" else prepared.test
     known = [r for r in split if r.label in gallery.live_classes()]
@@ -97,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "gallery": gallery.size,
         "fusion": {k: v for k, v in fusion.to_dict().items() if k not in ("policy",)},
         "fusion_helps_on_val": fusion.helps,
+        "foregrounds_compared": list(foregrounds),
         "global": plain,
         "fused": fused,
         "fused_rule": fusion.policy.rule.describe(),
@@ -135,7 +147,27 @@ def compare(gallery, queries, records, truth, policy, fusion, scorer, shortlists
     scores, order = fused_order(fusion, evidence.hit_scores, inliers, evidence.hit_labels)
     fused_ev = fused_evidence(evidence, scores, order)
     fused = scores_of(fused_ev, decide(fused_ev, fusion.policy), truth)
+    fused.update(inlier_separation(inliers, evidence.hit_labels, truth))
     return plain, fused, cost, extract_ms
+
+
+def inlier_separation(inliers: np.ndarray, labels: np.ndarray, truth: np.ndarray) -> dict:
+    """How well the inlier count alone tells the same individual from another among the
+    shortlisted hits: the median count of each, and the AUROC of the count (0.5: no signal).
+    Background keypoints matching between different animals pull the two medians together.
+    inliers (Q, B); labels (Q, k >= B) with -1 for no hit; truth (Q,)."""
+    b = inliers.shape[1]
+    hit = labels[:, :b]
+    valid = hit >= 0
+    same = (hit == truth[:, None])[valid]
+    counts = inliers[valid]
+    if same.all() or not same.any():
+        return {}
+    return {
+        "inliers_same_median": float(np.median(counts[same])),
+        "inliers_other_median": float(np.median(counts[~same])),
+        "inlier_auroc": float(roc_auc_score(same, counts)),
+    }
 
 
 def unseen(ws, manifest: Path, enrolled: int, policy, fusion, scorer) -> dict:
@@ -174,6 +206,12 @@ def _print(r: dict) -> None:
     for key in ("recall_at_1", "map_at_50", "decision_accuracy"):
         print(f"{key:22}{r['global'][key]:>10.3f}{r['fused'][key]:>10.3f}")
     print(f"rules: global {r['global_rule']}, fused {r['fused_rule']}")
+    if "inlier_auroc" in r["fused"]:
+        f = r["fused"]
+        print(
+            f"inliers on the shortlist: median {f['inliers_same_median']:.0f} same individual, "
+            f"{f['inliers_other_median']:.0f} another; AUROC {f['inlier_auroc']:.3f}"
+        )
     if "ms_per_query" in r:
         costs = ", ".join(f"B={k}: {v:.1f} ms" for k, v in r["ms_per_query"].items())
         print(f"cost per query (2 cores, gallery keypoints cached): {costs}")
