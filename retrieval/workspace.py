@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.calibration.gallery_policy import (
+    CHECK_DROPPED,
     choose_gallery_policy,
     set_gallery_policy,
     val_queries,
@@ -269,9 +270,13 @@ def refresh_policy(ws: Workspace, *, why: str, target_accuracy: float | None = N
         target_accuracy=target,
     )
     rule = ws.gallery.policy_for(expand=False).rule.describe()
-    if ws.gallery.fusion is not None and not fusion_still_fits(ws.gallery.fusion, ws.gallery):
+    fusion = ws.gallery.fusion
+    if fusion is not None and not fusion_still_fits(fusion, ws.gallery):
         ws.gallery.fusion = None  # chosen again on val at the next search
         note += "; local matching is calibrated again on val at the next search"
+        checked = fusion.policy is not None and fusion.policy.unknown_min_confidence > 0
+        if checked and CHECK_DROPPED not in note:  # the fused search's check goes with it
+            note += CHECK_DROPPED
     return f"decision policy: {rule}, chosen again on val ({why}){note}"
 
 

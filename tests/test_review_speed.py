@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from conftest import train_tiny
 
+from retrieval.calibration.gallery_policy import CHECK_DROPPED
 from retrieval.calibration.local_policy import REFIT_SHARE, fusion_still_fits
 from retrieval.cli import default_checkpoint
 from retrieval.serving.fusion import Curve, Fusion
-from retrieval.workspace import open_workspace, prepare_for
+from retrieval.workspace import open_workspace, prepare_for, refresh_policy
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +45,13 @@ def test_the_fusion_is_fitted_again_only_after_a_large_change(ws):
     grown = replace(fusion, evidence={"gallery_items": int(size / (1 + 2 * REFIT_SHARE))})
     assert not fusion_still_fits(grown, ws.gallery)
     assert not fusion_still_fits(replace(fusion, evidence={}), ws.gallery)  # fitted before
+
+
+def test_a_refitted_fusion_says_its_new_individual_check_went_with_it(ws):
+    curve = Curve((0.0, 1.0), (0.0, 1.0))
+    checked = replace(ws.gallery.policy_for(expand=False), unknown_min_confidence=0.4)
+    old = int(ws.gallery.size / (1 + 2 * REFIT_SHARE))  # fitted on a much smaller gallery
+    ws.gallery.set_fusion(Fusion(curve, curve, policy=checked, evidence={"gallery_items": old}))
+    note = refresh_policy(ws, why="enrolled photos")
+    assert ws.gallery.fusion is None
+    assert "calibrated again" in note and note.count(CHECK_DROPPED) == 1

@@ -66,6 +66,9 @@ def choose_gallery_policy(
     return choose_policy(evidence, truth, target_accuracy=target_accuracy)
 
 
+CHECK_DROPPED = "; the new-individual check was dropped: re-run evaluate.py --open_set"
+
+
 def set_gallery_policy(gallery: Gallery, policy: DecisionPolicy | None, *, why: str) -> str:
     """Store ``policy`` and log it in the history; returns a note when a new-individual check
     chosen for the old gallery was dropped (it belongs to the old calibrator)."""
@@ -73,7 +76,7 @@ def set_gallery_policy(gallery: Gallery, policy: DecisionPolicy | None, *, why: 
         return ""
     note = ""
     if gallery.policy is not None and gallery.policy.unknown_min_confidence > 0:
-        note = "; the new-individual check was dropped: re-run evaluate.py --open_set"
+        note = CHECK_DROPPED
     gallery.policy = policy
     gallery.history.append(
         {
