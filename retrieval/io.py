@@ -46,11 +46,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # atomic_path's names
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
+def remove_stale_temps(folder: Path, *, recursive: bool = True) -> list[Path]:
     """Delete the temporary files that ``atomic_path`` writers killed mid-save left in
-    ``folder`` (recursively); returns them. A file whose writer still runs is kept."""
+    ``folder`` (and its subfolders, unless ``recursive`` is False); returns them. A file whose
+    writer still runs is kept."""
     stale = []
-    for path in sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []:
+    found = Path(folder).rglob(".*.tmp") if recursive else Path(folder).glob(".*.tmp")
+    for path in sorted(found) if Path(folder).is_dir() else []:
         match = _TEMP_NAME.match(path.name)
         if match and path.is_file() and not process_alive(int(match.group(1))):
             path.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from retrieval.cli import default_checkpoint
 from retrieval.io import atomic_path, remove_stale_temps
 from retrieval.run_folder import current_run, training_run
 from retrieval.serving.gallery import Gallery
+from retrieval.training.run_files import remove_killed_saves
 
 
 def dead_pid() -> int:
@@ -42,6 +43,20 @@ def test_only_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
     assert remove_stale_temps(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
     assert remove_stale_temps(tmp_path / "absent") == []
+
+
+def test_a_killed_run_json_save_is_cleared_at_the_next_run(tmp_path: Path) -> None:
+    """The workdir's own pointer (run.json) is written atomically too; a kill mid-write
+    leaves its temporary beside it, which the next run start removes (not those deeper)."""
+    dead = dead_pid()
+    pointer = tmp_path / f".run.json.{dead}.0123abcd.tmp"
+    deeper = tmp_path / "runs" / "t1" / f".run.json.{dead}.0123abcd.tmp"
+    for path in (pointer, deeper):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{")
+    line = remove_killed_saves(tmp_path / "runs" / "t0", tmp_path)
+    assert line is not None and ".run.json" in line
+    assert not pointer.exists() and deeper.exists()
 
 
 def test_fresh_trains_in_a_run_folder_of_its_own(tmp_path: Path, capsys) -> None:

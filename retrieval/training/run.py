@@ -131,7 +131,8 @@ def _tidy_checkpoints(workdir: Path, *, fresh: bool) -> None:
     previous run has files (kept whole, still answering searches), and the run to train has no
     leftovers of killed saves."""
     lines = [fresh and start_fresh_run(workdir)]
-    lines += [remove_killed_saves(run) for run in {current_run(workdir), training_run(workdir)}]
+    runs = {current_run(workdir), training_run(workdir)}
+    lines += [remove_killed_saves(run, workdir) for run in runs]
     for line in lines:
         if line:
             print(line, flush=True)

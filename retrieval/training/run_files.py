@@ -13,13 +13,15 @@ from retrieval.io import remove_stale_temps
 from retrieval.serving.gallery import GALLERY_FOLDER
 
 
-def remove_killed_saves(run: Path) -> str | None:
+def remove_killed_saves(run: Path, workdir: Path) -> str | None:
     """Delete the temporary files of saves killed mid-write (``kill -9``, power loss) in the
-    checkpoint and gallery folders of a run; a line saying what went, or None."""
+    checkpoint and gallery folders of a run, and beside the workdir's own files (``run.json``);
+    a line saying what went, or None."""
     folders = [run / "checkpoints", *sorted(run.glob(f"{GALLERY_FOLDER}*"))]
     stale = [path for folder in folders for path in remove_stale_temps(folder)]
+    stale += remove_stale_temps(workdir, recursive=False)
     if not stale:
         return None
-    names = ", ".join(str(path.relative_to(run)) for path in stale[:5])
+    names = ", ".join(str(path.relative_to(workdir)) for path in stale[:5])
     more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
     return f"removed {len(stale)} temporary file(s) of interrupted saves: {names}{more}"
