@@ -56,7 +56,7 @@ def _choose(workdir: Path, recall: float, map_: float):
     plan = make_plan(cfg)
     prepared = prepare(cfg, progress=False)
     progress = Progress(best_recall_at_1=recall, best_map=map_)
-    return choose_served_model(cfg, prepared, plan, progress)
+    return choose_served_model(cfg, prepared, plan, progress, workdir / "checkpoints")
 
 
 def test_a_run_compares_itself_with_its_frozen_backbone(run):

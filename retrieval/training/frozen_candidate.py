@@ -20,7 +20,6 @@ from retrieval.data.transforms import build_eval_transform
 from retrieval.device import RuntimePlan
 from retrieval.metrics import RetrievalMetrics
 from retrieval.model.embedder import EmbeddingModel, build_embedding_model
-from retrieval.run_folder import checkpoints_dir, training_run
 from retrieval.selective import accuracy_stderr
 from retrieval.training.selection import Progress, is_better
 from retrieval.training.validate import validate
@@ -77,9 +76,14 @@ def restore_trained_best(directory: Path, *, fresh: bool) -> None:
 
 
 def choose_served_model(
-    cfg: RunConfig, prepared: PreparedData, plan: RuntimePlan, progress: Progress
+    cfg: RunConfig,
+    prepared: PreparedData,
+    plan: RuntimePlan,
+    progress: Progress,
+    directory: Path,
 ) -> ServedChoice | None:
-    """Validate the frozen backbone as training validates its epochs and serve the better one.
+    """Validate the frozen backbone as training validates its epochs and serve the better one
+    from ``directory`` (the run's checkpoints, where ``best_model.pt`` is).
 
     None when there is nothing to compare: no val split, or a backbone without pretrained
     weights (``--pretrained none``), whose frozen features mean nothing.
@@ -99,7 +103,6 @@ def choose_served_model(
     )
     assert metrics is not None  # val and train are not empty here
     frozen_wins = is_better(metrics, progress, select_on=cfg.train.select_on)
-    directory = checkpoints_dir(training_run(Path(cfg.workdir)))
     if frozen_wins:
         best = directory / ckpt.BEST
         best.replace(directory / TRAINED)

@@ -112,7 +112,7 @@ def run_training(
             trim_epoch_log(session.dir / "train_log.csv", session.progress.next_epoch)
         result = session.fit(max_batches=max_batches)
         if ctx.is_main and not result.interrupted:
-            choice = choose_served_model(cfg, prepared, plan, session.progress)
+            choice = choose_served_model(cfg, prepared, plan, session.progress, session.dir)
             if choice is not None:
                 print(choice.describe(), flush=True)
             if cfg.data.eval_size == "auto":
