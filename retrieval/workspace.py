@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval import checkpoint as ckpt
 from retrieval.calibration.gallery_policy import (
     CHECK_DROPPED,
     choose_gallery_policy,
@@ -75,26 +76,26 @@ class Workspace:
         except under a ``timer`` (a measurement of the embedding itself)."""
         keys = [None if timer else _file_key(r.path) for r in records]
         todo = [r for r, key in zip(records, keys, strict=True) if key not in self._vectors]
-        if not todo and records:
-            return np.stack([self._vectors[k] for k in keys])
-        vectors = extract_embeddings(
-            self.loaded.model,
-            todo,
-            transform=build_eval_transform(self.loaded.image_size),
-            plan=self.plan,
-            batch_size=self.batch_size,
-            tta=self.tta,
-            progress=progress,
-            desc=desc,
-            timer=timer,
-        )
-        if len(todo) == len(records):
-            self._vectors.update((k, v.copy()) for k, v in zip(keys, vectors, strict=True) if k)
-            return vectors
-        fresh = iter(vectors)
+        fresh = iter(())
+        if todo:
+            fresh = iter(
+                extract_embeddings(
+                    self.loaded.model,
+                    todo,
+                    transform=build_eval_transform(self.loaded.image_size),
+                    plan=self.plan,
+                    batch_size=self.batch_size,
+                    tta=self.tta,
+                    progress=progress,
+                    desc=desc,
+                    timer=timer,
+                )
+            )
         rows = [self._vectors[k] if k in self._vectors else next(fresh) for k in keys]
         self._vectors.update((k, v) for k, v in zip(keys, rows, strict=True) if k)
-        return np.stack(rows).astype(np.float32, copy=False)
+        # a copy: what the caller does with it never reaches the kept vectors
+        dim = self.loaded.model.embedding_dim
+        return np.array(rows, dtype=np.float32).reshape(len(rows), dim)
 
 
 def _file_key(path: Path) -> tuple | None:
@@ -241,7 +242,7 @@ def _stale_for_its_run(
     stopped (Ctrl-C, kill) between saving a better model and indexing with it. The gallery is
     then rebuilt for it (the journal replays every enrolment), not refused; a gallery meant for
     another ``--checkpoint`` is still refused."""
-    own = checkpoints_dir(run) / "best_model.pt"
+    own = checkpoints_dir(run) / ckpt.BEST
     if Path(checkpoint).resolve() != own.resolve():
         return False
     if stored_fingerprint(root) == gallery_fingerprint(loaded, tta):
