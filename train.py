@@ -191,15 +191,23 @@ def resolve_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _resumed_values(workdir: Path) -> dict[str, Any]:
-    """The settings of the run in ``workdir`` when there is one to resume, else nothing."""
+def _resumable_checkpoints(workdir: Path) -> Path | None:
+    """The checkpoint folder of the run ``train.py`` would resume in ``workdir``: None when
+    it has no ``latest_model.pt`` to resume from."""
     from retrieval.checkpoint import LATEST
-    from retrieval.config import stored_run_values
     from retrieval.run_folder import checkpoints_dir, training_run
 
-    checkpoints = checkpoints_dir(training_run(workdir))
-    stored = checkpoints / "config.json"
-    if not (checkpoints / LATEST).is_file() or not stored.is_file():
+    checkpoints = checkpoints_dir(training_run(Path(workdir)))
+    return checkpoints if (checkpoints / LATEST).is_file() else None
+
+
+def _resumed_values(workdir: Path) -> dict[str, Any]:
+    """The settings of the run in ``workdir`` when there is one to resume, else nothing."""
+    from retrieval.config import stored_run_values
+
+    checkpoints = _resumable_checkpoints(workdir)
+    stored = None if checkpoints is None else checkpoints / "config.json"
+    if stored is None or not stored.is_file():
         return {}
     print(f"resuming with the settings in {stored}; flags given now override them")
     return stored_run_values(stored)
@@ -238,12 +246,9 @@ def _with_corrections(cfg, args: argparse.Namespace):
     """The run's data as the review left it: a manifest the data loader reads (issue 37)."""
     from dataclasses import replace
 
-    from retrieval.checkpoint import LATEST
     from retrieval.review.training_data import training_manifest
-    from retrieval.run_folder import checkpoints_dir, training_run
 
-    resumable = (checkpoints_dir(training_run(Path(args.workdir))) / LATEST).is_file()
-    if resumable and not args.fresh:
+    if _resumable_checkpoints(args.workdir) and not args.fresh:
         raise InputError(
             f"--corrections changes the training data, which the run in {args.workdir} cannot "
             "resume on; add --fresh (the previous run's checkpoints are kept)"
@@ -262,11 +267,7 @@ def _with_corrections(cfg, args: argparse.Namespace):
 def _seed_change(args: argparse.Namespace) -> str:
     """What a seed other than the stored splits' does: an explicit --seed is refused unless
     --resplit; a resumed run cannot change its splits."""
-    from retrieval.checkpoint import LATEST
-    from retrieval.run_folder import checkpoints_dir, training_run
-
-    resumable = (checkpoints_dir(training_run(Path(args.workdir))) / LATEST).is_file()
-    if args.resplit and resumable and not args.fresh:
+    if args.resplit and _resumable_checkpoints(args.workdir) and not args.fresh:
         raise InputError(
             f"--resplit makes new train/val/test splits, which the run in {args.workdir} cannot "
             "resume on; add --fresh (the previous run's checkpoints are kept)"
