@@ -226,7 +226,7 @@ def test_kill_during_enrolment(server, base, enrol_plan, tmp_path, capsys, k):
     for argv in runs[opened:]:
         assert search.main(argv) == 0, f"{where}: {argv[:2]} run again failed"
     assert live_items(Gallery.load(gallery_dir)) == states[-1], where
-    remove_killed_saves(workdir, workdir)
+    remove_killed_saves(workdir, [workdir])
     assert not list(gallery_dir.rglob("*.tmp")), f"{where}: a temporary file is not cleared"
 
 
@@ -272,7 +272,7 @@ def test_kill_during_gallery_save(server, base, save_plan, save_states, tmp_path
         mutate_gallery(gallery, step, seed=0)
         gallery.save(root)
     assert signature(Gallery.load(root)) == save_states[-1], where
-    remove_killed_saves(workdir, workdir)
+    remove_killed_saves(workdir, [workdir])
     assert not list(root.rglob("*.tmp")), f"{where}: a temporary file is not cleared"
 
 

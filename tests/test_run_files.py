@@ -54,7 +54,7 @@ def test_a_killed_run_json_save_is_cleared_at_the_next_run(tmp_path: Path) -> No
     for path in (pointer, deeper):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{")
-    line = remove_killed_saves(tmp_path / "runs" / "t0", tmp_path)
+    line = remove_killed_saves(tmp_path, [tmp_path / "runs" / "t0"])
     assert line is not None and ".run.json" in line
     assert not pointer.exists() and deeper.exists()
 

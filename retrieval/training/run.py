@@ -130,9 +130,10 @@ def _tidy_checkpoints(workdir: Path, *, fresh: bool) -> None:
     """Before the run touches its checkpoints: a fresh run gets a folder of its own when the
     previous run has files (kept whole, still answering searches), and the run to train has no
     leftovers of killed saves."""
-    lines = [fresh and start_fresh_run(workdir)]
-    runs = {current_run(workdir), training_run(workdir)}
-    lines += [remove_killed_saves(run, workdir) for run in runs]
+    lines = [
+        fresh and start_fresh_run(workdir),
+        remove_killed_saves(workdir, {current_run(workdir), training_run(workdir)}),
+    ]
     for line in lines:
         if line:
             print(line, flush=True)
