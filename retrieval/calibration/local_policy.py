@@ -50,7 +50,7 @@ def choose_gallery_fusion(
             ws.gallery_root,
             LocalSettings(max_keypoints=MAX_KEYPOINTS, foreground=foreground),
             progress=progress,
-            foreground=ws.foreground if foreground != "none" else None,
+            foreground=ws.foreground,
         )
         ways = scorer.inliers_ways(scorer.query_features(paths), hits.paths, max(SHORTLISTS))
         inliers.update(((foreground, geometry), counts) for geometry, counts in ways.items())

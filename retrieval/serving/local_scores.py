@@ -65,7 +65,7 @@ class LocalScorer:
     """Matches queries against gallery photos, keeping gallery keypoints in ``root``.
 
     ``foreground`` draws the masks that ``settings.foreground`` asks for (the workspace's
-    model); it may be None when the settings keep every keypoint.
+    model); unused, and may be None, when the settings keep every keypoint.
     """
 
     root: Path  # the gallery folder
@@ -89,7 +89,7 @@ class LocalScorer:
             fusion.settings,
             geometry=fusion.geometry,
             progress=progress,
-            foreground=foreground if fusion.settings.foreground != "none" else None,
+            foreground=foreground,
         )
 
     @property
